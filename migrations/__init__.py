@@ -1,0 +1,1 @@
+"""Alembic migrations of the syncguard schema (tables, indexes, triggers, roles, RLS)."""

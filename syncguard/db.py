@@ -1,0 +1,89 @@
+"""Engines and sessions: the service role for the system's own work, the tenant role for tenants."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from syncguard.settings import Settings, get_settings
+
+#: The per-transaction setting tenant policies compare ``business_id`` with.
+TENANT_SETTING = "syncguard.business_id"
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The PostgreSQL URL in use: the configured one, or the embedded server's."""
+    from syncguard.services import ensure_services  # lazy: starts a server only when needed
+
+    return ensure_services(settings or get_settings()).database_url
+
+
+#: One pooled engine per (url, role) per process; a forked child must call dispose_engines().
+_engines: dict[tuple[str, str], Engine] = {}
+
+
+def get_engine(url: str | None = None, role: str | None = None) -> Engine:
+    """A pooled engine whose connections act as ``role`` (default: the service role)."""
+    settings = get_settings()
+    key = (url or database_url(settings), settings.db_service_role if role is None else role)
+    if key not in _engines:
+        _engines[key] = _create_engine(*key)
+    return _engines[key]
+
+
+def _create_engine(url: str, role: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if role:
+
+        @event.listens_for(engine, "connect")
+        def _assume_role(dbapi_connection: Any, _record: Any) -> None:
+            # A superuser bypasses RLS even when forced; acting as the service role keeps us
+            # under the same policies production runs with.
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f'SET ROLE "{role}"')
+            dbapi_connection.commit()
+
+    return engine
+
+
+@lru_cache(maxsize=4)
+def _sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    """The session factory bound to ``engine`` (default: the service engine)."""
+    return _sessionmaker(engine or get_engine())
+
+
+@contextmanager
+def service_session(engine: Engine | None = None) -> Iterator[Session]:
+    """One transaction with full access, committed on success and rolled back on error."""
+    with session_factory(engine).begin() as session:
+        yield session
+
+
+@contextmanager
+def tenant_session(business_id: uuid.UUID, engine: Engine | None = None) -> Iterator[Session]:
+    """One read-only transaction that sees only ``business_id``'s rows, enforced by RLS."""
+    with session_factory(engine).begin() as session:
+        session.execute(text(f'SET LOCAL ROLE "{get_settings().db_tenant_role}"'))
+        session.execute(
+            text("SELECT set_config(:name, :value, true)"),
+            {"name": TENANT_SETTING, "value": str(business_id)},
+        )
+        yield session
+
+
+def dispose_engines() -> None:
+    """Forget pooled connections inherited from a parent process (call after fork)."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+    _sessionmaker.cache_clear()
