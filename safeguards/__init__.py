@@ -1,0 +1,1 @@
+"""The safeguards around every provider call; the seed's functions are the public API."""
