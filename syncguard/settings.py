@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 360
     #: Ceiling of any retry backoff or deferral countdown, seconds.
     max_backoff_s: int = 3600
+    #: What a provider call does when the safeguards' Redis is unreachable: proceed or defer.
+    safeguard_fail_mode: Literal["open", "closed"] = "open"
+    #: A job refused by the safeguards for longer than this is archived, seconds.
+    defer_horizon_s: int = 6 * 3600
+    #: Countdown of a deferral when failing closed with no better estimate, seconds.
+    fail_closed_retry_s: float = 30.0
     #: How long task results are kept, seconds.
     result_expires_s: int = 86400
     #: Flower's HTTP port for ``syncguard up``.

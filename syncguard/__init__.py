@@ -1,0 +1,1 @@
+"""syncguard: safeguarded, event-driven mailbox sync on Celery."""

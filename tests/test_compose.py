@@ -1,0 +1,82 @@
+"""docker-compose.yml names only commands that exist in this project."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from celery import Celery
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+#: Services built from our image, as opposed to stock images.
+APP_SERVICES = ["migrate", "worker", "beat", "flower"]
+CELERY_SUBCOMMANDS = {"worker", "beat", "flower"}
+
+
+def _argv(service: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key)
+        parts += shlex.split(value) if isinstance(value, str) else list(value or [])
+    return parts
+
+
+def _console_script(name: str) -> click.Group:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, attr = scripts[name].partition(":")
+    group = getattr(importlib.import_module(module), attr)
+    assert isinstance(group, click.Group)
+    return group
+
+
+def _check_celery(argv: list[str]) -> None:
+    app_module = argv[argv.index("-A") + 1]
+    app = importlib.import_module(app_module).app
+    assert isinstance(app, Celery)
+    sub = next(arg for arg in argv[1:] if not arg.startswith("-") and arg != app_module)
+    assert sub in CELERY_SUBCOMMANDS
+
+
+def test_the_expected_services_exist() -> None:
+    assert {"postgres", "redis", *APP_SERVICES} <= SERVICES.keys()
+
+
+def test_stock_services_keep_their_data() -> None:
+    assert "healthcheck" in SERVICES["postgres"]
+    assert SERVICES["postgres"]["volumes"] and SERVICES["redis"]["volumes"]
+    assert "--appendonly" in _argv(SERVICES["redis"])
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_runs_an_existing_entry_point(name: str) -> None:
+    argv = _argv(SERVICES[name])
+    if argv[0] == "celery":
+        _check_celery(argv)
+    else:
+        group = _console_script(argv[0])
+        assert argv[1] in group.commands, f"{name}: `{argv[0]} {argv[1]}` is no such command"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_built_from_our_dockerfile_for_production(name: str) -> None:
+    service = SERVICES[name]
+    build = service["build"]
+    assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).is_file()
+    env = service["environment"]
+    assert env["SYNCGUARD_ENVIRONMENT"] == "production"
+    assert "@postgres:" in env["DATABASE_URL"] and "//redis:" in env["REDIS_URL"]
+
+
+def test_migrate_runs_once_and_the_rest_wait_for_it() -> None:
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "beat", "flower"):
+        condition = SERVICES[name]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully"
