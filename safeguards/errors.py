@@ -72,3 +72,15 @@ class CursorLost(PermanentFailure):
     """The provider no longer knows our sync cursor: a full resync is needed."""
 
     category = FailureCategory.CURSOR_LOST
+
+
+class DeadLetterError(SafeguardError):
+    """An operation on the dead-letter archive could not be carried out."""
+
+
+class ArchiveEntryNotFound(DeadLetterError, LookupError):
+    """No dead-letter entry has the given id."""
+
+
+class ReplayRefused(DeadLetterError):
+    """The entry was already replayed or discarded, or another operator is replaying it now."""

@@ -1,0 +1,68 @@
+"""The webhook delivery log: one row per attempt, inbound or outbound, secrets removed."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from models import Direction, WebhookDeliveryLog
+from safeguards.redaction import redact_text, truncate
+from syncguard.db import service_session
+
+#: Longest error message kept, in characters (a provider's HTML error page is not a message).
+MAX_ERROR_MESSAGE_CHARS = 2_000
+#: Longest webhook id / webhook type kept, in characters (the columns' widths).
+_WEBHOOK_ID_CHARS = 255
+_WEBHOOK_TYPE_CHARS = 100
+
+
+def log_webhook_delivery(
+    store_id: uuid.UUID | None,
+    webhook_id: str | None,
+    webhook_type: str,
+    success: bool,
+    response_code: int | None,
+    error_message: str | None,
+    duration_ms: int | None,
+    *,
+    direction: Direction = Direction.INBOUND,
+    attempt: int = 1,
+    endpoint_id: uuid.UUID | None = None,
+    business_id: uuid.UUID | None = None,
+    session: Session | None = None,
+) -> uuid.UUID:
+    """Record one delivery attempt and return the new row's id."""
+    statement = (
+        insert(WebhookDeliveryLog)
+        .values(
+            store_id=store_id,
+            business_id=business_id,
+            endpoint_id=endpoint_id,
+            webhook_id=None if webhook_id is None else webhook_id[:_WEBHOOK_ID_CHARS],
+            webhook_type=webhook_type[:_WEBHOOK_TYPE_CHARS],
+            direction=Direction(direction),
+            attempt=attempt,
+            success=success,
+            response_code=response_code,
+            error_message=_clean_error(error_message),
+            duration_ms=None if duration_ms is None else max(0, round(duration_ms)),
+        )
+        .returning(WebhookDeliveryLog.id)
+    )
+    if session is not None:
+        delivery_id: uuid.UUID = session.execute(statement).scalar_one()
+        return delivery_id
+    with service_session() as own:
+        delivery_id = own.execute(statement).scalar_one()
+    return delivery_id
+
+
+def _clean_error(error_message: str | None) -> str | None:
+    """The error message with secrets masked, cut to a length a log row should hold."""
+    if error_message is None:
+        return None
+    # Pre-cut well past the limit so a secret straddling the cut still ends up beyond it.
+    head = error_message[: 4 * MAX_ERROR_MESSAGE_CHARS]
+    return truncate(redact_text(head), MAX_ERROR_MESSAGE_CHARS)

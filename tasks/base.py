@@ -1,0 +1,228 @@
+"""SafeguardedTask: the one place the task lifecycle around provider calls is attached.
+
+A refusal by a safeguard defers the job (re-published with a countdown, the retry count kept);
+transient failures retry with full-jitter backoff; permanent failures and exhausted retries go to
+the dead-letter archive before the message is acknowledged. Every countdown is capped at
+``max_backoff_s``, which celeryconfig adds into the broker's visibility timeout, so a job waiting
+for its countdown in a worker is never redelivered to another one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject, Retry
+
+from models import FailureCategory, MetricType, Provider, Store
+from safeguards.backoff import compute_backoff
+from safeguards.dead_letter import error_context_from, move_to_dead_letter_queue
+from safeguards.errors import (
+    CallFailure,
+    CircuitOpen,
+    PermanentFailure,
+    Refused,
+    ThrottledFailure,
+    ValidationFailure,
+)
+from safeguards.metrics import record_metric
+from syncguard.db import service_session
+from syncguard.settings import get_settings
+from tasks.guard import CallScope, default_classifier, guarded_call
+
+log = logging.getLogger(__name__)
+
+#: Message headers that carry a job's deferral history across re-publications.
+DEFERRED_SINCE = "syncguard_deferred_since"
+DEFERRALS = "syncguard_deferrals"
+_DEFERRAL_HEADERS = frozenset({DEFERRED_SINCE, DEFERRALS})
+
+
+class SafeguardedTask(Task):  # type: ignore[misc]
+    """Base class of every task that calls a provider; see the module docstring."""
+
+    #: Retries of a transient failure before the job is archived.
+    max_retries = 5
+    #: Delay before the first retry, seconds; doubles per retry, full jitter.
+    retry_backoff_base_s: float = 2.0
+    #: Circuit the task's calls share per store; None means one circuit per provider.
+    circuit_name: str | None = None
+    #: Name of the task argument that holds the store id.
+    store_arg: str = "store_id"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started, outcome = time.monotonic(), "succeeded"
+        try:
+            return self.run(*args, **kwargs)
+        except Retry:
+            outcome = "retried"
+            raise
+        except (Refused, ThrottledFailure) as exc:
+            outcome = "deferred"
+            self.defer(exc)
+        except PermanentFailure as exc:
+            outcome = "archived"
+            self.archive(exc, exc.category)
+            raise
+        except Exception as exc:
+            outcome = "retried" if self._may_retry() else "archived"
+            self._retry_or_archive(exc)
+            raise
+        finally:
+            self._record_outcome(outcome, time.monotonic() - started)
+
+    def guard(self, operation: str, *, cost: int | None = None) -> AbstractContextManager[None]:
+        """Wrap one provider call: ``with self.guard("messages.get"): client.get(...)``."""
+        return guarded_call(self.call_scope(), operation, cost=cost, classify=self.classify)
+
+    def classify(self, exc: BaseException) -> CallFailure | None:
+        """Map a call's exception onto the safeguards' taxonomy; provider tasks extend this."""
+        return default_classifier(exc)
+
+    def call_scope(self) -> CallScope:
+        """The store, provider and circuit of the current job."""
+        store_id = self.store_id()
+        if store_id is None:
+            raise ValidationFailure(f"{self.name} needs a {self.store_arg!r} argument")
+        provider = store_provider(store_id)
+        return CallScope(store_id, provider, self.circuit_name or provider.value)
+
+    def store_id(self) -> uuid.UUID | None:
+        """The store this job works for, read from its arguments."""
+        request = self.request
+        value = (request.kwargs or {}).get(self.store_arg)
+        if value is None and request.args:
+            value = request.args[0]
+        try:
+            return uuid.UUID(str(value)) if value is not None else None
+        except ValueError as exc:
+            raise ValidationFailure(f"{self.store_arg}={value!r} is not a UUID") from exc
+
+    def defer(self, reason: Refused | ThrottledFailure) -> None:
+        """Re-publish this job after the refusal's retry-after, without spending a retry."""
+        request = self.request
+        if request.called_directly:
+            raise reason
+        now = time.time()
+        headers = dict(request.headers or {})
+        since = float(headers.get(DEFERRED_SINCE) or now)
+        if now - since >= get_settings().defer_horizon_s:
+            self.archive(reason, _too_long(reason))
+            raise reason
+        countdown = self._deferral_countdown(reason, int(headers.get(DEFERRALS) or 0))
+        headers.update({DEFERRED_SINCE: since, DEFERRALS: int(headers.get(DEFERRALS) or 0) + 1})
+        self.signature_from_request(
+            request, countdown=countdown, retries=request.retries, headers=headers
+        ).apply_async()
+        self.on_deferred(reason, countdown)
+        raise Retry(f"deferred {countdown:.2f}s: {reason}", reason, when=countdown)
+
+    def archive(self, exc: BaseException, category: FailureCategory) -> uuid.UUID:
+        """Write the complete job to the archive; if that fails, hand the message back."""
+        request = self.request
+        try:
+            entry_id = move_to_dead_letter_queue(
+                request.id,
+                self.name,
+                f"{type(exc).__name__}: {exc}",
+                request.retries,
+                self.job_data(),
+                failure_category=category,
+                error_context=error_context_from(exc, worker=request.hostname),
+                store_id=self._store_id_or_none(),
+            )
+        except Exception as db_exc:
+            # Not archived means not acknowledged: the broker redelivers the job later.
+            log.error("archiving %s[%s] failed, requeueing: %s", self.name, request.id, db_exc)
+            raise Reject(db_exc, requeue=True) from db_exc
+        self.on_archived(entry_id, category, exc)
+        return entry_id
+
+    def job_data(self) -> dict[str, Any]:
+        """Everything replay needs to publish this job again exactly."""
+        request = self.request
+        delivery = request.delivery_info or {}
+        headers = {k: v for k, v in (request.headers or {}).items() if k not in _DEFERRAL_HEADERS}
+        return {
+            "task": self.name,
+            "args": list(request.args or ()),
+            "kwargs": dict(request.kwargs or {}),
+            "headers": headers,
+            "options": {
+                "queue": delivery.get("routing_key") or self.queue,
+                "priority": delivery.get("priority"),
+            },
+            "retries": request.retries,
+            "root_id": request.root_id,
+            "parent_id": request.parent_id,
+        }
+
+    def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
+        """Hook: the job was deferred by ``countdown_s`` seconds."""
+
+    def on_archived(
+        self, entry_id: uuid.UUID, category: FailureCategory, exc: BaseException
+    ) -> None:
+        """Hook: the job is now archive entry ``entry_id``."""
+
+    def _may_retry(self) -> bool:
+        return bool(self.request.retries < self.max_retries)
+
+    def _retry_or_archive(self, exc: Exception) -> None:
+        if self.request.called_directly:
+            return
+        if self._may_retry():
+            countdown = compute_backoff(
+                self.request.retries,
+                base_s=self.retry_backoff_base_s,
+                max_backoff_s=get_settings().max_backoff_s,
+            )
+            raise self.retry(exc=exc, countdown=countdown)
+        failure = self.classify(exc)
+        self.archive(exc, failure.category if failure else FailureCategory.UNKNOWN)
+
+    def _deferral_countdown(self, reason: Refused | ThrottledFailure, deferrals: int) -> float:
+        hinted = reason.retry_after_s
+        if hinted is None:  # a throttle without Retry-After: back off on our own
+            hinted = compute_backoff(deferrals, max_backoff_s=get_settings().max_backoff_s)
+        # A small floor keeps a zero retry-after from spinning the job through the broker.
+        return min(max(hinted, 0.05), float(get_settings().max_backoff_s))
+
+    def _store_id_or_none(self) -> uuid.UUID | None:
+        try:
+            return self.store_id()
+        except ValidationFailure:
+            return None
+
+    def _record_outcome(self, outcome: str, duration_s: float) -> None:
+        record_metric(
+            MetricType.PERFORMANCE,
+            "task_duration_ms",
+            duration_s * 1000.0,
+            unit="ms",
+            tags={"task": self.name, "outcome": outcome},
+            store_id=self._store_id_or_none(),
+        )
+
+
+def _too_long(reason: Refused | ThrottledFailure) -> FailureCategory:
+    if isinstance(reason, CircuitOpen):
+        return FailureCategory.CIRCUIT_OPEN_TOO_LONG
+    if isinstance(reason, ThrottledFailure):
+        return FailureCategory.THROTTLED_TOO_LONG
+    return FailureCategory.DEFERRED_TOO_LONG
+
+
+@lru_cache(maxsize=4096)
+def store_provider(store_id: uuid.UUID) -> Provider:
+    """A store's provider; cached in process because it never changes."""
+    with service_session() as session:
+        store = session.get(Store, store_id)
+        if store is None:
+            raise ValidationFailure(f"store {store_id} does not exist")
+        return store.provider
