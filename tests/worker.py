@@ -68,4 +68,5 @@ def _wait_ready(proc: subprocess.Popen[str], log_path: Path) -> None:
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{text[-3000:]}")
         time.sleep(0.1)
     stop(proc)
-    raise RuntimeError(f"worker not ready after {READY_TIMEOUT_S}s:\n{log_path.read_text()[-3000:]}")
+    tail = log_path.read_text()[-3000:]
+    raise RuntimeError(f"worker not ready after {READY_TIMEOUT_S}s:\n{tail}")

@@ -1,0 +1,22 @@
+"""Replay of dead-letter entries: the task side's half of ``safeguards.dead_letter.replay``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safeguards.dead_letter import ArchivedJob
+from tasks import app
+
+#: Options of the original publication that a replay repeats.
+_REPLAYED_OPTIONS = ("queue", "priority")
+
+
+def enqueue_archived(job: ArchivedJob) -> str:
+    """Publish an archived job again (same task, args, kwargs, headers), fresh id and retries."""
+    options: dict[str, Any] = {
+        k: v for k, v in job.options.items() if k in _REPLAYED_OPTIONS and v is not None
+    }
+    result = app.send_task(
+        job.task, args=job.args, kwargs=job.kwargs, headers=dict(job.headers), **options
+    )
+    return str(result.id)
