@@ -67,7 +67,8 @@ def test_transient_failures_end_as_one_replayable_archive_row(store_id: str, mar
     [entry] = _archived(store_id)
     assert entry.failure_category == FailureCategory.TRANSIENT_EXHAUSTED
     assert entry.retry_count == 2 and entry.job_id == result.id
-    assert (entry.task, entry.args, entry.kwargs) == ("tests.workload.flaky", [store_id, marker], {})
+    assert entry.task == "tests.workload.flaky"
+    assert (entry.args, entry.kwargs) == ([store_id, marker], {})
     assert entry.options["queue"] == "sync"
     assert entry.error_context["exception_type"].endswith("TransientFailure")
     assert "503" in entry.failure_reason and "Traceback" in entry.error_context["traceback"]
@@ -95,7 +96,8 @@ def test_a_concurrency_limit_defers_jobs_without_spending_retries(
     engine: Engine, store_id: str, marker: str
 ) -> None:
     with service_session(engine) as session:
-        session.add(models.ProviderRateLimit(store_id=store_id, provider="gmail", concurrency_limit=1))
+        limits = models.ProviderRateLimit(store_id=store_id, provider="gmail", concurrency_limit=1)
+        session.add(limits)
     results = [workload.slow_call.delay(store_id, marker, 0.4) for _ in range(4)]
     reports = [r.get(timeout=60) for r in results]
 
