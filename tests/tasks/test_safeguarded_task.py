@@ -131,7 +131,7 @@ def test_a_circuit_open_past_the_horizon_is_archived_with_its_category(
 
 
 def test_an_archive_that_cannot_be_written_leaves_the_job_unacknowledged(
-    server_url: str, database_url: str, store_id: str, marker: str
+    database_url: str, store_id: str, marker: str
 ) -> None:
     admin = create_engine(database_url)  # connects as the login user, a superuser here
     with admin.begin() as conn:
@@ -146,3 +146,24 @@ def test_an_archive_that_cannot_be_written_leaves_the_job_unacknowledged(
         admin.dispose()
     [entry] = _eventually(lambda: _archived(store_id))
     assert entry.failure_category == FailureCategory.AUTHENTICATION
+
+
+def test_every_run_leaves_a_duration_metric_with_its_outcome(
+    engine: Engine, store_id: str, marker: str
+) -> None:
+    workload.slow_call.delay(store_id, marker, 0).get(timeout=30)
+
+    def outcomes() -> list[str]:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    text(
+                        "SELECT tags->>'outcome' FROM system_health_metrics "
+                        "WHERE store_id = :s AND metric_name = 'task_duration_ms'"
+                    ),
+                    {"s": store_id},
+                ).scalars()
+            )
+
+    # The worker's flusher writes batches every couple of seconds, not per call.
+    assert _eventually(outcomes, timeout_s=15) == ["succeeded"]
