@@ -259,6 +259,13 @@ def record_circuit_breaker_result(
     )
 
 
+def circuit_stats(
+    store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+) -> CircuitStats:
+    """The circuit's state and counters, read without reserving anything."""
+    return _default_breaker(SYSTEM_CLOCK).stats(store_id, circuit_name, business_id=business_id)
+
+
 def reset_circuit_breaker(
     store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
 ) -> CircuitState:

@@ -33,7 +33,7 @@ from safeguards.errors import (
 from safeguards.metrics import record_metric
 from syncguard.db import service_session
 from syncguard.settings import get_settings
-from tasks.guard import CallScope, default_classifier, guarded_call
+from tasks.guard import CallScope, default_classifier, guarded_call, preflight
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class SafeguardedTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started, outcome = time.monotonic(), "succeeded"
         try:
+            preflight(self.call_scope())
             return self.run(*args, **kwargs)
         except Retry:
             outcome = "retried"

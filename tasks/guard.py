@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,8 +11,12 @@ from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import MetricType, Provider
-from safeguards.circuit_breaker import check_circuit_breaker, record_circuit_breaker_result
+from models import CircuitState, MetricType, Provider
+from safeguards.circuit_breaker import (
+    check_circuit_breaker,
+    circuit_stats,
+    record_circuit_breaker_result,
+)
 from safeguards.errors import (
     CallFailure,
     CircuitOpen,
@@ -21,7 +26,7 @@ from safeguards.errors import (
     TransientFailure,
 )
 from safeguards.metrics import record_metric
-from safeguards.rate_limit import check_rate_limit, record_rate_limit_request
+from safeguards.rate_limit import check_rate_limit, get_rate_limiter, record_rate_limit_request
 from syncguard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,34 @@ def default_classifier(exc: BaseException) -> CallFailure | None:
     if isinstance(exc, SoftTimeLimitExceeded | TimeoutError | ConnectionError):
         return TransientFailure(f"{type(exc).__name__}: {exc}")
     return None
+
+
+#: Cost the start-of-job check asks the limiter about (it consumes nothing).
+PREFLIGHT_COST = 1
+
+
+def preflight(scope: CallScope) -> None:
+    """Fail fast at job start: refuse when the circuit is open or the limiter has no room.
+
+    Reads only: no half-open trial is reserved and no quota is consumed.
+    """
+    try:
+        stats = circuit_stats(scope.store_id, scope.circuit_name)
+        rate = get_rate_limiter().test(
+            str(scope.store_id), "preflight", provider=scope.provider, cost=PREFLIGHT_COST
+        )
+    except SafeguardUnavailable as exc:
+        _degraded("preflight", exc)
+        return
+    wait_s = stats.next_attempt_at.timestamp() - time.time() if stats.next_attempt_at else 0.0
+    if stats.state is CircuitState.OPEN and wait_s > 0:
+        raise CircuitOpen(
+            f"circuit {scope.circuit_name!r} of store {scope.store_id} is open", wait_s
+        )
+    if not rate.allowed:
+        raise RateLimited(
+            f"{scope.provider} for store {scope.store_id}: {rate.reason}", rate.retry_after_s
+        )
 
 
 @contextmanager

@@ -167,3 +167,11 @@ def test_every_run_leaves_a_duration_metric_with_its_outcome(
 
     # The worker's flusher writes batches every couple of seconds, not per call.
     assert _eventually(outcomes, timeout_s=15) == ["succeeded"]
+
+
+def test_a_refused_job_is_deferred_before_its_body_runs(store_id: str, marker: str) -> None:
+    get_rate_limiter().throttle(store_id, 1.0)
+    report = workload.flaky.delay(store_id, marker).get(timeout=30)
+
+    # flaky counts a run before its first provider call: deferred runs never got that far.
+    assert report["deferrals"] >= 1 and workload.runs(marker) == 1
