@@ -5,8 +5,8 @@ Any code may call them; ``tasks.base.SafeguardedTask`` is their main user.
 
 from safeguards.circuit_breaker import check_circuit_breaker, record_circuit_breaker_result
 from safeguards.dead_letter import (
-    ArchiveFilter,
     ArchivedJob,
+    ArchiveFilter,
     discard,
     list_entries,
     move_to_dead_letter_queue,

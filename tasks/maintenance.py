@@ -8,6 +8,8 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
+from safeguards.circuit_breaker import flush_stats_to_postgres
+from safeguards.rate_limit import flush_usage_to_postgres
 from syncguard.db import get_engine
 from syncguard.services import current_services
 from tasks import app
@@ -35,3 +37,9 @@ def _redis_ping(redis_url: str) -> bool:
         # The heartbeat reports Redis as down rather than failing: the database half is still news.
         log.warning("heartbeat: Redis at %s did not answer PING", redis_url, exc_info=True)
         return False
+
+
+@app.task(name="tasks.maintenance.mirror_safeguard_state")  # type: ignore[untyped-decorator]
+def mirror_safeguard_state() -> dict[str, int]:
+    """Mirror rate-limit usage and circuit counters from Redis into their tables."""
+    return {"rate_limits": flush_usage_to_postgres(), "circuits": flush_stats_to_postgres()}

@@ -175,3 +175,17 @@ def test_a_refused_job_is_deferred_before_its_body_runs(store_id: str, marker: s
 
     # flaky counts a run before its first provider call: deferred runs never got that far.
     assert report["deferrals"] >= 1 and workload.runs(marker) == 1
+
+
+def test_beat_mirrors_rate_limit_usage_into_the_seed_table(engine: Engine, store_id: str) -> None:
+    from tasks.maintenance import mirror_safeguard_state
+
+    get_rate_limiter().hit(store_id, "messages.get")
+    mirrored = mirror_safeguard_state.delay().get(timeout=30)
+
+    assert mirrored["rate_limits"] >= 1
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(f"SELECT * FROM provider_rate_limits WHERE store_id = '{store_id}';")
+        ).one()
+    assert row.current_minute_usage == 20 and row.usage_synced_at is not None
