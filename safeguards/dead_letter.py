@@ -1,7 +1,7 @@
 """The dead-letter archive: failed jobs kept complete (secrets removed), reviewed and replayed.
 
-Replay knows no Celery: the task side injects ``enqueue``, a callable that sends the archived
-job's task with its args, kwargs, headers and options and returns the new task id.
+Archiving, error context and review are here; replay is in ``safeguards.dead_letter_replay``
+and the entry types in ``safeguards.dead_letter_entries``, both re-exported from here.
 """
 
 from __future__ import annotations
@@ -11,20 +11,43 @@ import os
 import socket
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models import FailedJobArchive, FailureCategory, ReviewResolution
-from safeguards.errors import ArchiveEntryNotFound, ReplayRefused
+from safeguards.dead_letter_entries import (
+    DEFAULT_LIMIT,
+    ArchivedJob,
+    ArchiveFilter,
+    filter_conditions,
+    update_entry,
+)
+from safeguards.dead_letter_replay import Enqueue, ReplayResult, replay, replay_many
 from safeguards.redaction import redact, redact_text, truncate
-from syncguard.db import service_session
+from syncguard.db import session_or_new
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_REASON_CHARS",
+    "MAX_TRACEBACK_CHARS",
+    "ArchiveFilter",
+    "ArchivedJob",
+    "Enqueue",
+    "ReplayResult",
+    "discard",
+    "error_context_from",
+    "get_entry",
+    "list_entries",
+    "move_to_dead_letter_queue",
+    "replay",
+    "replay_many",
+    "review",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,100 +55,6 @@ logger = logging.getLogger(__name__)
 MAX_REASON_CHARS = 4_000
 #: Longest traceback kept, in characters; its end, where the error is raised, is what is kept.
 MAX_TRACEBACK_CHARS = 20_000
-#: Entries a filter returns when it sets no limit.
-DEFAULT_LIMIT = 100
-
-
-@dataclass(frozen=True)
-class ArchiveFilter:
-    """Which archive entries to list or replay; unset fields do not filter."""
-
-    category: FailureCategory | None = None
-    store_id: uuid.UUID | None = None
-    business_id: uuid.UUID | None = None
-    #: Inclusive lower bound on ``created_at`` (when the job was archived).
-    since: datetime | None = None
-    #: Exclusive upper bound on ``created_at``.
-    until: datetime | None = None
-    reviewed: bool | None = None
-    job_type: str | None = None
-    limit: int = DEFAULT_LIMIT
-
-
-@dataclass(frozen=True)
-class ArchivedJob:
-    """One archive entry: the complete job as it would be re-sent, and its review state."""
-
-    id: uuid.UUID
-    job_id: str
-    job_type: str
-    #: The task name to send; the archived ``job_data["task"]``.
-    task: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    headers: dict[str, Any]
-    #: Send options: queue, routing_key, priority, ...
-    options: dict[str, Any]
-    failure_category: FailureCategory
-    failure_reason: str
-    retry_count: int
-    error_context: dict[str, Any]
-    store_id: uuid.UUID | None
-    business_id: uuid.UUID | None
-    reviewed: bool
-    reviewed_by: str | None
-    reviewed_at: datetime | None
-    review_note: str | None
-    resolution: ReviewResolution | None
-    replay_count: int
-    replayed_at: datetime | None
-    replay_task_id: str | None
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: FailedJobArchive) -> ArchivedJob:
-        """The entry held by an archive row."""
-        data = row.job_data
-        columns = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in _JOB_PARTS}
-        return cls(
-            **columns,
-            task=str(data.get("task") or row.job_type),
-            args=list(data.get("args") or []),
-            kwargs=dict(data.get("kwargs") or {}),
-            headers=dict(data.get("headers") or {}),
-            options=dict(data.get("options") or {}),
-        )
-
-
-#: ArchivedJob fields read from ``job_data`` rather than from a column of their own.
-_JOB_PARTS = frozenset({"task", "args", "kwargs", "headers", "options"})
-
-#: Sends an archived job's task again and returns the new task id (supplied by the task side).
-Enqueue = Callable[[ArchivedJob], str]
-
-
-@dataclass(frozen=True)
-class ReplayResult:
-    """What a replay did: the new task id, or why the entry was skipped."""
-
-    entry_id: uuid.UUID
-    job_id: str
-    replayed: bool
-    replay_task_id: str | None = None
-    replay_count: int = 0
-    replayed_at: datetime | None = None
-    #: Why the entry was not replayed (``replay_many`` only; ``replay`` raises instead).
-    skipped_reason: str | None = None
-
-
-@contextmanager
-def _session_scope(session: Session | None) -> Iterator[Session]:
-    """The caller's session (the caller commits), or a committed service transaction of our own."""
-    if session is not None:
-        yield session
-    else:
-        with service_session() as own:
-            yield own
 
 
 def move_to_dead_letter_queue(
@@ -164,7 +93,7 @@ def move_to_dead_letter_queue(
         )
         .returning(FailedJobArchive.id)
     )
-    with _session_scope(session) as s:
+    with session_or_new(session) as s:
         entry_id: uuid.UUID = s.execute(statement).scalar_one()
     logger.warning("job %s (%s) archived as %s: %s", job_id, job_type, entry_id, failure_category)
     return entry_id
@@ -207,7 +136,7 @@ def error_context_from(
 
 def get_entry(entry_id: uuid.UUID, *, session: Session | None = None) -> ArchivedJob | None:
     """The archive entry ``entry_id``, or None if there is none."""
-    with _session_scope(session) as s:
+    with session_or_new(session) as s:
         row = s.get(FailedJobArchive, entry_id, populate_existing=True)
         return None if row is None else ArchivedJob.from_row(row)
 
@@ -219,33 +148,12 @@ def list_entries(
     criteria = filter or ArchiveFilter()
     statement = (
         select(FailedJobArchive)
-        .where(*_conditions(criteria))
+        .where(*filter_conditions(criteria))
         .order_by(FailedJobArchive.created_at.desc(), FailedJobArchive.id)
         .limit(criteria.limit)
     )
-    with _session_scope(session) as s:
+    with session_or_new(session) as s:
         return [ArchivedJob.from_row(row) for row in s.scalars(statement)]
-
-
-def _conditions(criteria: ArchiveFilter) -> list[ColumnElement[bool]]:
-    """The WHERE clauses of a filter."""
-    table = FailedJobArchive
-    conditions: list[ColumnElement[bool]] = []
-    if criteria.category is not None:
-        conditions.append(table.failure_category == FailureCategory(criteria.category))
-    if criteria.store_id is not None:
-        conditions.append(table.store_id == criteria.store_id)
-    if criteria.business_id is not None:
-        conditions.append(table.business_id == criteria.business_id)
-    if criteria.since is not None:
-        conditions.append(table.created_at >= criteria.since)
-    if criteria.until is not None:
-        conditions.append(table.created_at < criteria.until)
-    if criteria.reviewed is not None:
-        conditions.append(table.reviewed.is_(criteria.reviewed))
-    if criteria.job_type is not None:
-        conditions.append(table.job_type == criteria.job_type)
-    return conditions
 
 
 def review(
@@ -266,8 +174,8 @@ def review(
         values["review_note"] = note
     if resolution is not None:
         values["resolution"] = ReviewResolution(resolution)
-    with _session_scope(session) as s:
-        return ArchivedJob.from_row(_update(s, entry_id, values))
+    with session_or_new(session) as s:
+        return ArchivedJob.from_row(update_entry(s, entry_id, values))
 
 
 def discard(
@@ -281,133 +189,3 @@ def discard(
         resolution=ReviewResolution.DISCARDED,
         session=session,
     )
-
-
-def _update(s: Session, entry_id: uuid.UUID, values: dict[str, Any]) -> FailedJobArchive:
-    """Apply ``values`` to one entry and return the updated row."""
-    statement = (
-        update(FailedJobArchive)
-        .where(FailedJobArchive.id == entry_id)
-        .values(values)
-        .returning(FailedJobArchive)
-        .execution_options(populate_existing=True)
-    )
-    row = s.scalars(statement).one_or_none()
-    if row is None:
-        raise ArchiveEntryNotFound(f"no dead-letter entry {entry_id}")
-    return row
-
-
-def replay(
-    entry_id: uuid.UUID,
-    *,
-    enqueue: Enqueue,
-    force: bool = False,
-    replayed_by: str | None = None,
-    session: Session | None = None,
-) -> ReplayResult:
-    """Send an entry's original task again and link the new task id; only once unless ``force``."""
-    # Claim, enqueue and record in one transaction holding the row lock: a second operator is
-    # refused at once, and an enqueue that raises rolls back leaving the entry unreplayed.
-    with _session_scope(session) as s:
-        row = _claim(s, entry_id)
-        _check_replayable(row, force=force)
-        replay_task_id = enqueue(ArchivedJob.from_row(row))
-        return _record_replay(s, entry_id, replay_task_id, replayed_by)
-
-
-def _record_replay(
-    s: Session, entry_id: uuid.UUID, replay_task_id: str, replayed_by: str | None
-) -> ReplayResult:
-    """Link the new task id to the entry and resolve it as replayed."""
-    values: dict[str, Any] = {
-        "replay_task_id": replay_task_id,
-        "replayed_at": func.now(),
-        "replay_count": FailedJobArchive.replay_count + 1,
-        "reviewed": True,
-        "reviewed_at": func.coalesce(FailedJobArchive.reviewed_at, func.now()),
-        "resolution": ReviewResolution.REPLAYED,
-    }
-    if replayed_by is not None:
-        values |= {"reviewed_by": replayed_by, "reviewed_at": func.now()}
-    row = _update(s, entry_id, values)
-    logger.info("dead-letter entry %s (job %s) replayed as %s", row.id, row.job_id, replay_task_id)
-    return ReplayResult(
-        entry_id=row.id,
-        job_id=row.job_id,
-        replayed=True,
-        replay_task_id=row.replay_task_id,
-        replay_count=row.replay_count,
-        replayed_at=row.replayed_at,
-    )
-
-
-def _claim(s: Session, entry_id: uuid.UUID) -> FailedJobArchive:
-    """Lock the entry for this transaction, refusing if another transaction holds it."""
-    statement = (
-        select(FailedJobArchive)
-        .where(FailedJobArchive.id == entry_id)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    )
-    row = s.scalars(statement).one_or_none()
-    if row is not None:
-        return row
-    if s.scalar(select(FailedJobArchive.id).where(FailedJobArchive.id == entry_id)) is None:
-        raise ArchiveEntryNotFound(f"no dead-letter entry {entry_id}")
-    raise ReplayRefused(f"dead-letter entry {entry_id} is being replayed by someone else right now")
-
-
-def _check_replayable(row: FailedJobArchive, *, force: bool) -> None:
-    """Refuse a second replay, or the replay of a discarded entry, unless forced."""
-    if force:
-        return
-    if row.replayed_at is not None:
-        raise ReplayRefused(
-            f"dead-letter entry {row.id} (job {row.job_id}) was already replayed at "
-            f"{row.replayed_at.isoformat()} as task {row.replay_task_id}; "
-            "pass force=True to replay it again"
-        )
-    if row.resolution == ReviewResolution.DISCARDED:
-        raise ReplayRefused(
-            f"dead-letter entry {row.id} (job {row.job_id}) was discarded by {row.reviewed_by}; "
-            "pass force=True to replay it anyway"
-        )
-
-
-def replay_many(
-    filter: ArchiveFilter,
-    *,
-    enqueue: Enqueue,
-    force: bool = False,
-    replayed_by: str | None = None,
-) -> list[ReplayResult]:
-    """Replay the entries ``filter`` matches, oldest first, each in its own transaction."""
-    # Without force, entries already replayed or discarded are not even candidates; an entry
-    # another operator claims meanwhile is reported as skipped. An enqueue error stops the
-    # batch (the broker is likely down); the entries replayed before it stay recorded.
-    results: list[ReplayResult] = []
-    for entry_id, job_id in _replay_candidates(filter, force=force):
-        try:
-            results.append(replay(entry_id, enqueue=enqueue, force=force, replayed_by=replayed_by))
-        except (ReplayRefused, ArchiveEntryNotFound) as skipped:
-            results.append(
-                ReplayResult(entry_id, job_id, replayed=False, skipped_reason=str(skipped))
-            )
-    return results
-
-
-def _replay_candidates(criteria: ArchiveFilter, *, force: bool) -> list[tuple[uuid.UUID, str]]:
-    """Ids and job ids of the entries a bulk replay will try, oldest first."""
-    conditions = _conditions(criteria)
-    if not force:
-        conditions.append(FailedJobArchive.replayed_at.is_(None))
-        conditions.append(FailedJobArchive.resolution.is_distinct_from(ReviewResolution.DISCARDED))
-    statement = (
-        select(FailedJobArchive.id, FailedJobArchive.job_id)
-        .where(*conditions)
-        .order_by(FailedJobArchive.created_at, FailedJobArchive.id)
-        .limit(criteria.limit)
-    )
-    with service_session() as s:
-        return [(entry_id, job_id) for entry_id, job_id in s.execute(statement)]

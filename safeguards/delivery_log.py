@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from models import Direction, WebhookDeliveryLog
 from safeguards.redaction import redact_text, truncate
-from syncguard.db import service_session
+from syncguard.db import session_or_new
 
 #: Longest error message kept, in characters (a provider's HTML error page is not a message).
 MAX_ERROR_MESSAGE_CHARS = 2_000
@@ -51,11 +51,8 @@ def log_webhook_delivery(
         )
         .returning(WebhookDeliveryLog.id)
     )
-    if session is not None:
-        delivery_id: uuid.UUID = session.execute(statement).scalar_one()
-        return delivery_id
-    with service_session() as own:
-        delivery_id = own.execute(statement).scalar_one()
+    with session_or_new(session) as s:
+        delivery_id: uuid.UUID = s.execute(statement).scalar_one()
     return delivery_id
 
 

@@ -16,16 +16,15 @@ is O(limit) for the minute and at most 360 + 288 buckets for hour and day.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import redis
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from models.enums import Provider
-from models.safeguards import ALL_OPERATIONS
+from safeguards import rate_limit_reply as reply
 from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.errors import SafeguardUnavailable
 from safeguards.limits import (
@@ -35,13 +34,13 @@ from safeguards.limits import (
     THROTTLE_CAP_S,
     THROTTLE_QUIET_S,
     WINDOWS,
-    LimitOverrides,
     OperationCost,
     RateLimitDecision,
     RateLimits,
     RateLimitUsage,
     WindowUsage,
 )
+from safeguards.rate_limit_store import StoreLimitSource, upsert_usage
 from safeguards.redis_state import get_redis, key, run_script, script
 
 __all__ = [
@@ -60,8 +59,6 @@ __all__ = [
 LEASE_TTL_S = 60.0
 #: Longest wait, seconds, suggested to a call refused only for want of a lease slot.
 CONCURRENCY_WAIT_S = 1.0
-#: Seconds a store's limit overrides are cached in process before PostgreSQL is read again.
-OVERRIDE_CACHE_TTL_S = 30.0
 #: Seconds a store stays marked "touched" without a flush before it is announced again.
 DIRTY_TTL_S = 30.0
 #: Most stores one flush to PostgreSQL visits.
@@ -72,56 +69,6 @@ _KIND = "ratelimit"
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
-
-
-def _epoch(ms: int) -> float | None:
-    return ms / 1000 if ms else None
-
-
-class StoreLimitSource:
-    """Each store's provider (immutable, cached for good) and '*' overrides (cached briefly)."""
-
-    _QUERY = text(
-        "SELECT s.provider, p.requests_per_minute, p.requests_per_hour, p.requests_per_day, "
-        "p.concurrency_limit FROM stores s LEFT JOIN provider_rate_limits p "
-        "ON p.store_id = s.id AND p.operation_type = :all WHERE s.id = CAST(:id AS uuid)"
-    )
-
-    def __init__(self, engine: Engine | None = None, ttl_s: float = OVERRIDE_CACHE_TTL_S):
-        self._engine = engine
-        self._ttl_s = ttl_s
-        self._providers: dict[str, Provider] = {}
-        self._overrides: dict[str, tuple[float, LimitOverrides]] = {}
-
-    def provider(self, store_id: str) -> Provider:
-        """The store's provider; LookupError if the store does not exist."""
-        if store_id not in self._providers:
-            self._load(store_id)
-        if store_id not in self._providers:
-            raise LookupError(f"store {store_id} does not exist")
-        return self._providers[store_id]
-
-    def overrides(self, store_id: str) -> LimitOverrides:
-        """The store's overrides (none for a store unknown to PostgreSQL)."""
-        cached = self._overrides.get(store_id)
-        if cached is None or cached[0] < time.monotonic():
-            return self._load(store_id)
-        return cached[1]
-
-    def invalidate(self) -> None:
-        """Forget the cached overrides (after an operator changed them)."""
-        self._overrides.clear()
-
-    def _load(self, store_id: str) -> LimitOverrides:
-        from syncguard.db import get_engine  # lazy: a limiter without PostgreSQL never connects
-
-        with (self._engine or get_engine()).connect() as conn:
-            row = conn.execute(self._QUERY, {"all": ALL_OPERATIONS, "id": store_id}).first()
-        overrides = LimitOverrides(*row[1:]) if row else LimitOverrides()
-        if row:
-            self._providers[store_id] = Provider(row[0])
-        self._overrides[store_id] = (time.monotonic() + self._ttl_s, overrides)
-        return overrides
 
 
 class RateLimiter:
@@ -209,7 +156,7 @@ class RateLimiter:
         prov = provider or self.stores.provider(sid)
         limits = self.limits_for(prov, sid)
         raw = run_script(self.client, "rate_limit_check", *self._call("peek", prov, sid, 0, limits))
-        return _usage(sid, prov, limits, raw)
+        return reply.usage(sid, prov, limits, raw)
 
     def flush_usage_to_postgres(self, engine: Engine | None = None) -> int:
         """Upsert the usage of every store touched since the last flush; returns rows written."""
@@ -217,7 +164,7 @@ class RateLimiter:
         members = [m.decode() for m in touched or []]
         rows = self._flush_rows(members)
         try:
-            return _upsert_usage(rows, engine)
+            return upsert_usage(rows, engine)
         except Exception:
             # Put the stores back so the next flush retries them; the error still propagates.
             if members:
@@ -231,7 +178,7 @@ class RateLimiter:
             keys, args = self._call("flush", prov, sid, 0, self.limits[prov])
             script(self.client, "rate_limit_check")(keys=keys, args=args, client=pipe)
         results = self._redis(pipe.execute) if stores else []
-        return [_flush_row(sid, raw) for (_, sid), raw in zip(stores, results, strict=True)]
+        return [reply.flush_row(sid, raw) for (_, sid), raw in zip(stores, results, strict=True)]
 
     def _decide(
         self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
@@ -249,8 +196,8 @@ class RateLimiter:
             allowed=allowed,
             retry_after_s=int(raw[1]) / 1000,
             reason=raw[2].decode() or None,
-            windows=_windows(limits, raw),
-            throttled_until=_epoch(int(raw[7])) if int(raw[7]) > int(raw[14]) else None,
+            windows=reply.windows(limits, raw),
+            throttled_until=reply.throttled_until(raw),
             lease_id=lease if allowed and lease else None,
             store_id=sid,
             provider=prov,
@@ -292,84 +239,6 @@ class RateLimiter:
 
     def _touched_key(self) -> str:
         return key(_KIND, "touched")
-
-
-def _windows(limits: RateLimits, raw: list[Any]) -> tuple[WindowUsage, ...]:
-    return tuple(
-        WindowUsage(
-            w.name, limits.for_window(w), int(used), max(0, limits.for_window(w) - int(used))
-        )
-        for w, used in zip(WINDOWS, raw[3:6], strict=True)
-    )
-
-
-def _usage(sid: str, prov: Provider, limits: RateLimits, raw: list[Any]) -> RateLimitUsage:
-    return RateLimitUsage(
-        store_id=sid,
-        provider=prov,
-        windows=_windows(limits, raw),
-        throttled_until=_epoch(int(raw[7])) if int(raw[7]) > int(raw[14]) else None,
-        leases_in_use=int(raw[6]),
-        concurrency=limits.concurrency,
-        denied_count=int(raw[9]),
-        success_count=int(raw[12]),
-        failure_count=int(raw[13]),
-        last_request_at=_epoch(int(raw[11])),
-    )
-
-
-def _flush_row(sid: str, raw: list[Any]) -> dict[str, Any]:
-    until = int(raw[7]) if int(raw[7]) > int(raw[14]) else 0
-    return {
-        "store_id": sid,
-        "minute": int(raw[3]),
-        "hour": int(raw[4]),
-        "day": int(raw[5]),
-        "denied": int(raw[10]),
-        "throttled_until": _epoch(until),
-        "last_request_at": _epoch(int(raw[11])),
-    }
-
-
-_UPSERT = text("""
-INSERT INTO provider_rate_limits AS p (store_id, provider, operation_type, current_minute_usage,
-    current_hour_usage, current_day_usage, denied_count, throttled_until, last_request_at,
-    usage_synced_at)
-SELECT s.id, s.provider, :all, u.minute, u.hour, u.day, u.denied,
-    to_timestamp(u.throttled_until), to_timestamp(u.last_request_at), now()
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(store_id uuid, minute int, hour int, day int,
-    denied int, throttled_until float8, last_request_at float8)
-JOIN stores s ON s.id = u.store_id
-ON CONFLICT (store_id, operation_type) DO UPDATE SET
-    current_minute_usage = EXCLUDED.current_minute_usage,
-    current_hour_usage = EXCLUDED.current_hour_usage,
-    current_day_usage = EXCLUDED.current_day_usage,
-    denied_count = p.denied_count + EXCLUDED.denied_count,
-    throttled_until = EXCLUDED.throttled_until,
-    last_request_at = COALESCE(EXCLUDED.last_request_at, p.last_request_at),
-    usage_synced_at = EXCLUDED.usage_synced_at, updated_at = now()
-""")
-
-
-def _upsert_usage(rows: list[dict[str, Any]], engine: Engine | None) -> int:
-    import json
-
-    from syncguard.db import service_session
-
-    rows = [r for r in rows if _is_uuid(r["store_id"])]  # other ids cannot be stores
-    if not rows:
-        return 0
-    with service_session(engine) as session:
-        result = session.execute(_UPSERT, {"all": ALL_OPERATIONS, "rows": json.dumps(rows)})
-        return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 _STORES = StoreLimitSource()

@@ -70,6 +70,16 @@ def service_session(engine: Engine | None = None) -> Iterator[Session]:
 
 
 @contextmanager
+def session_or_new(session: Session | None) -> Iterator[Session]:
+    """The caller's session (the caller commits), or a committed service_session() of our own."""
+    if session is not None:
+        yield session
+    else:
+        with service_session() as own:
+            yield own
+
+
+@contextmanager
 def tenant_session(business_id: uuid.UUID, engine: Engine | None = None) -> Iterator[Session]:
     """One read-only transaction that sees only ``business_id``'s rows, enforced by RLS."""
     with session_factory(engine).begin() as session:
