@@ -27,7 +27,10 @@ def _report(task: Any) -> dict[str, Any]:
 
 
 @app.task(
-    bind=True, base=SafeguardedTask, name="tests.workload.flaky", max_retries=2,
+    bind=True,
+    base=SafeguardedTask,
+    name="tests.workload.flaky",
+    max_retries=2,
     retry_backoff_base_s=0.05,
 )
 def flaky(self: SafeguardedTask, store_id: str, marker: str) -> dict[str, Any]:

@@ -1,0 +1,44 @@
+"""Plain HTTP adapters for Gmail and Microsoft Graph: no database, no Celery, own typed errors.
+
+Exports the protocol and results (``providers.base``), the error family (``providers.errors``)
+and the credentials (``providers.oauth``); import the adapters from ``providers.gmail`` and
+``providers.outlook``. ``providers.emulator`` is a test double that product code never imports.
+"""
+
+from providers.base import (
+    CallGuard,
+    ChangesPage,
+    FullPage,
+    LabelChange,
+    MailProvider,
+    RemoteMessage,
+    Subscription,
+    no_guard,
+)
+from providers.errors import (
+    CursorExpired,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRequestError,
+    ProviderThrottled,
+    ProviderUnavailable,
+)
+from providers.oauth import OAuthCredentials
+
+__all__ = [
+    "CallGuard",
+    "ChangesPage",
+    "CursorExpired",
+    "FullPage",
+    "LabelChange",
+    "MailProvider",
+    "OAuthCredentials",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderRequestError",
+    "ProviderThrottled",
+    "ProviderUnavailable",
+    "RemoteMessage",
+    "Subscription",
+    "no_guard",
+]

@@ -1,0 +1,109 @@
+"""The providers' own error family; the task side maps it onto the safeguards' taxonomy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+#: Longest provider message copied into an error, characters.
+MAX_MESSAGE_CHARS = 300
+
+
+class ProviderError(Exception):
+    """Any failure of a provider call; ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self, message: str, *, provider: str, status: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        #: "gmail", "outlook" or "oauth".
+        self.provider = provider
+        #: The HTTP status of the answer; None for timeouts and connection errors.
+        self.status = status
+        #: The provider's machine-readable reason (Gmail ``errors[].reason``, Graph ``error.code``).
+        self.code = code
+
+    def __str__(self) -> str:
+        where = f"{self.provider} {self.status}" if self.status is not None else self.provider
+        reason = f" [{self.code}]" if self.code else ""
+        return f"{where}{reason}: {self.args[0]}"
+
+
+class ProviderThrottled(ProviderError):
+    """The provider asked us to slow down (Gmail 429 / quota 403, Graph 429)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status, code=code)
+        #: The provider's Retry-After in seconds, None when it gave none (back off exponentially).
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(ProviderError):
+    """A transient failure: 5xx, timeout or connection error; retry with backoff."""
+
+
+class ProviderAuthError(ProviderError):
+    """The grant is revoked or refused even after a refresh: the mailbox needs re-authorisation."""
+
+
+class CursorExpired(ProviderError):
+    """The stored cursor (historyId, deltaLink) is no longer valid: do a full sync."""
+
+
+class ProviderRequestError(ProviderError):
+    """A permanent refusal of this request (other 4xx, e.g. insufficient permissions)."""
+
+
+def error_body(response: httpx.Response) -> dict[str, Any]:
+    """The JSON body of an error answer, or {} when it is not a JSON object."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The machine-readable code: OAuth ``error``, Graph ``error.code``, Google ``error.status``."""
+    error = error_body(response).get("error")
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict):
+        code = error.get("code")
+        return code if isinstance(code, str) else error.get("status")
+    return None
+
+
+def error_message(response: httpx.Response) -> str:
+    """The provider's human message, shortened; never the request (which carries the token)."""
+    error = error_body(response).get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else response.reason_phrase or "error"
+    return text[:MAX_MESSAGE_CHARS]
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (fractional seconds or an HTTP date), None when absent or bad."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

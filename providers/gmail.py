@@ -1,0 +1,269 @@
+"""Gmail API adapter over httpx: full listing, history, watch/stop, Gmail's errors mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from providers.base import (
+    CallGuard,
+    ChangesPage,
+    FullPage,
+    LabelChange,
+    RemoteMessage,
+    Subscription,
+    from_epoch_ms,
+    no_guard,
+    resolve_costs,
+)
+from providers.errors import (
+    CursorExpired,
+    ProviderError,
+    ProviderRequestError,
+    ProviderThrottled,
+    ProviderUnavailable,
+    error_body,
+    error_code,
+    error_message,
+    retry_after_s,
+)
+from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
+
+PROVIDER = "gmail"
+#: Gmail API root.
+GMAIL_BASE_URL = "https://gmail.googleapis.com"
+#: Google's OAuth token endpoint.
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+#: Quota units per operation (Gmail usage limits, new-project table); each key is the name the
+#: call guard receives. ``getProfile`` is ``users.getProfile``.
+GMAIL_COSTS: Mapping[str, int] = MappingProxyType(
+    {
+        "messages.list": 5,
+        "messages.get": 20,
+        "history.list": 2,
+        "watch": 100,
+        "stop": 50,
+        "getProfile": 1,
+    }
+)
+#: Largest page Gmail serves for messages.list and history.list.
+MAX_PAGE_SIZE = 500
+#: 403 reasons that mean "slow down", not "forbidden".
+THROTTLE_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded", "dailyLimitExceeded"})
+#: History record types fetched by default.
+HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
+
+
+def _reasons(response: httpx.Response) -> list[str]:
+    error = error_body(response).get("error")
+    errors = error.get("errors") if isinstance(error, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return [str(e["reason"]) for e in errors if isinstance(e, dict) and "reason" in e]
+
+
+def classify(operation: str, response: httpx.Response) -> ProviderError:
+    """Map a non-2xx Gmail answer onto the providers' error family."""
+    status, reasons = response.status_code, _reasons(response)
+    code = reasons[0] if reasons else error_code(response)
+    message = f"{operation}: {error_message(response)}"
+    throttle_reason = next((r for r in reasons if r in THROTTLE_REASONS), None)
+    if status == 429 or (status == 403 and throttle_reason):
+        return ProviderThrottled(
+            message,
+            provider=PROVIDER,
+            status=status,
+            code=throttle_reason or code,
+            retry_after_s=retry_after_s(response),
+        )
+    if status == 404 and operation == "history.list":
+        return CursorExpired(message, provider=PROVIDER, status=status, code=code)
+    if status >= 500 or status == 408:
+        return ProviderUnavailable(message, provider=PROVIDER, status=status, code=code)
+    return ProviderRequestError(message, provider=PROVIDER, status=status, code=code)
+
+
+def _header(payload: Mapping[str, Any], name: str) -> str | None:
+    for header in payload.get("headers", []):
+        if str(header.get("name", "")).lower() == name.lower():
+            return str(header.get("value"))
+    return None
+
+
+def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
+    """A ``messages.get`` (format=metadata) answer as a RemoteMessage."""
+    payload = body.get("payload") or {}
+    size = body.get("sizeEstimate")
+    return RemoteMessage(
+        provider_message_id=str(body["id"]),
+        thread_id=body.get("threadId"),
+        labels=tuple(body.get("labelIds") or ()),
+        subject=_header(payload, "Subject"),
+        sender=_header(payload, "From"),
+        received_at=from_epoch_ms(body.get("internalDate")),
+        size_bytes=int(size) if size is not None else None,
+        version=str(body["historyId"]) if body.get("historyId") is not None else None,
+    )
+
+
+class GmailClient:
+    """One Gmail mailbox over the REST API; every request goes through ``call_guard``."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        credentials: OAuthCredentials,
+        *,
+        user_id: str = "me",
+        base_url: str = GMAIL_BASE_URL,
+        token_url: str = GOOGLE_TOKEN_URL,
+        call_guard: CallGuard = no_guard,
+        on_refresh: Callable[[OAuthCredentials], None] | None = None,
+        costs: Mapping[str, int] | None = None,
+        page_size: int = 100,
+        label_ids: Sequence[str] = (),
+        query: str | None = None,
+        history_types: Sequence[str] = HISTORY_TYPES,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+        self.costs = resolve_costs(GMAIL_COSTS, costs)
+        self.page_size = page_size
+        self.label_ids = tuple(label_ids)
+        self.query = query
+        self.history_types = tuple(history_types)
+        self._root = f"{base_url.rstrip('/')}/gmail/v1/users/{quote(user_id, safe='')}"
+        self.session = OAuthSession(
+            credentials,
+            provider=PROVIDER,
+            token_url=token_url,
+            classify=classify,
+            call_guard=call_guard,
+            on_refresh=on_refresh,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self.session.close()
+
+    def _call(self, operation: str, method: str, path: str, **kwargs: Any) -> Any:
+        url = f"{self._root}/{path}"
+        response = self.session.request(operation, self.costs[operation], method, url, **kwargs)
+        return response.json() if response.content else {}
+
+    def current_cursor(self) -> str:
+        """The mailbox's current historyId (spends ``getProfile``)."""
+        return str(self._call("getProfile", "GET", "profile")["historyId"])
+
+    def get_message(self, message_id: str) -> RemoteMessage | None:
+        """One message's metadata, None when it is gone (spends ``messages.get``)."""
+        params = [
+            ("format", "metadata"),
+            ("metadataHeaders", "Subject"),
+            ("metadataHeaders", "From"),
+        ]
+        try:
+            body = self._call(
+                "messages.get", "GET", f"messages/{quote(message_id, safe='')}", params=params
+            )
+        except ProviderRequestError as exc:
+            if exc.status == 404:  # deleted since it was listed: not an error for a sync
+                return None
+            raise
+        return parse_message(body)
+
+    def list_page(self, page_token: str | None = None) -> FullPage:
+        """One page of ``messages.list`` plus a ``messages.get`` per id (first page: getProfile)."""
+        # The historyId is read before the first page and carried inside the opaque page token,
+        # so the final page's cursor covers every change made while the listing ran.
+        if page_token is None:
+            start, gmail_token = self.current_cursor(), ""
+        else:
+            start, _, gmail_token = page_token.partition(":")
+        params: list[tuple[str, Any]] = [("maxResults", self.page_size)]
+        params += [("labelIds", label) for label in self.label_ids]
+        if gmail_token:
+            params.append(("pageToken", gmail_token))
+        if self.query:
+            params.append(("q", self.query))
+        body = self._call("messages.list", "GET", "messages", params=params)
+        messages = [m for ref in body.get("messages") or [] if (m := self.get_message(ref["id"]))]
+        next_token = body.get("nextPageToken")
+        if next_token:
+            return FullPage(messages, next_page_token=f"{start}:{next_token}", cursor=None)
+        return FullPage(messages, next_page_token=None, cursor=start)
+
+    def changes_page(self, cursor: str, page_token: str | None = None) -> ChangesPage:
+        """A page of ``history.list`` since ``cursor``; each added message costs a messages.get."""
+        params: list[tuple[str, Any]] = [("startHistoryId", cursor), ("maxResults", self.page_size)]
+        params += [("historyTypes", kind) for kind in self.history_types]
+        if page_token:
+            params.append(("pageToken", page_token))
+        body = self._call("history.list", "GET", "history", params=params)
+        added: dict[str, None] = {}
+        deleted: dict[str, None] = {}
+        label_changes: list[LabelChange] = []
+        for record in body.get("history") or []:
+            for item in record.get("messagesAdded") or []:
+                message_id = item["message"]["id"]
+                added[message_id] = None
+                deleted.pop(message_id, None)
+            for item in record.get("messagesDeleted") or []:
+                message_id = item["message"]["id"]
+                deleted[message_id] = None
+                added.pop(message_id, None)
+            for item in record.get("labelsAdded") or []:
+                labels = tuple(item.get("labelIds") or ())
+                label_changes.append(LabelChange(item["message"]["id"], added=labels))
+            for item in record.get("labelsRemoved") or []:
+                labels = tuple(item.get("labelIds") or ())
+                label_changes.append(LabelChange(item["message"]["id"], removed=labels))
+        upserts: list[RemoteMessage] = []
+        for message_id in added:
+            message = self.get_message(message_id)
+            if message is None:
+                deleted[message_id] = None
+            else:
+                upserts.append(message)
+        fetched = set(added) | set(deleted)
+        label_changes = [c for c in label_changes if c.provider_message_id not in fetched]
+        next_token = body.get("nextPageToken")
+        return ChangesPage(
+            upserts=upserts,
+            deleted_ids=list(deleted),
+            label_changes=label_changes,
+            next_page_token=next_token,
+            cursor=None if next_token else str(body["historyId"]),
+        )
+
+    def watch(
+        self,
+        topic_name: str,
+        label_ids: Sequence[str] = (),
+        label_filter_behavior: str = "INCLUDE",
+    ) -> Subscription:
+        """Start or renew push notifications to ``topic_name`` (spends ``watch``)."""
+        request: dict[str, Any] = {"topicName": topic_name}
+        if label_ids:
+            request["labelIds"] = list(label_ids)
+            request["labelFilterBehavior"] = label_filter_behavior
+        body = self._call("watch", "POST", "watch", json=request)
+        return Subscription(
+            provider=PROVIDER,
+            subscription_id=None,
+            resource=topic_name,
+            expires_at=datetime.fromtimestamp(int(body["expiration"]) / 1000, tz=UTC),
+            history_id=str(body["historyId"]),
+        )
+
+    def stop(self) -> None:
+        """Stop push notifications for the mailbox (spends ``stop``)."""
+        self._call("stop", "POST", "stop")
