@@ -32,6 +32,8 @@ class SyncTrigger(enum.StrEnum):
     CONTINUATION = "continuation"
     RESYNC = "resync"
     REPLAY = "replay"
+    #: Requested while another sync of the store ran: the one run that covers the burst.
+    FOLLOW_UP = "follow_up"
 
 
 class SyncJobStatus(enum.StrEnum):

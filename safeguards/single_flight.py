@@ -47,6 +47,10 @@ class SingleFlight:
         """End ``owner``'s run; True when requests arrived meanwhile and one follow-up is due."""
         return self._call("release", scope, owner) == 1
 
+    def cancel(self, scope: str) -> None:
+        """Undo a ``request`` whose run could not be enqueued, so later requests are not lost."""
+        self._call("cancel", scope, "")
+
     def _call(self, verb: str, scope: str, owner: str) -> int:
         keys = [key(self.kind, scope, part) for part in ("pending", "lease", "dirty")]
         args = [verb, owner, int(self.lease_s * 1000), int(self.pending_ttl_s * 1000)]

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     #: Worker concurrency for ``syncguard up``.
     worker_concurrency: int = 2
+    #: Fernet keys for credentials at rest, comma-separated, newest first; unset in development
+    #: and test means a key generated once under ``home``; production requires it.
+    encryption_keys: SecretStr = SecretStr("")
+
+    #: Gmail API and Google OAuth token endpoint (the emulator's URL in tests and the demo).
+    gmail_api_url: str = "https://gmail.googleapis.com"
+    gmail_token_url: str = "https://oauth2.googleapis.com/token"
+    #: Microsoft Graph and the Microsoft identity platform's token endpoint.
+    graph_api_url: str = "https://graph.microsoft.com"
+    graph_token_url: str = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+    #: A sync run hands its worker back after this many pages (fairness across stores).
+    sync_max_pages_per_run: int = 20
+    #: ...or after this many seconds, whichever comes first.
+    sync_max_seconds_per_run: float = 30.0
+    #: Messages per provider page.
+    sync_page_size: int = 100
+    #: A sync's per-store lease, seconds: a crashed holder blocks its store at most this long.
+    sync_lease_s: float = 120.0
 
 
 @lru_cache(maxsize=1)

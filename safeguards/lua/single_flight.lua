@@ -1,6 +1,6 @@
 -- One run per scope at a time, with coalesced follow-ups. One atomic decision per call.
 -- KEYS[1] pending marker (a run is queued or running), KEYS[2] run lease, KEYS[3] dirty flag
--- ARGV[1] verb: request | acquire | renew | release
+-- ARGV[1] verb: request | acquire | renew | release | cancel
 -- ARGV[2] owner token (acquire/renew/release), ARGV[3] lease ms, ARGV[4] pending ttl ms
 local pending, lease, dirty = KEYS[1], KEYS[2], KEYS[3]
 local verb, owner = ARGV[1], ARGV[2]
@@ -43,5 +43,9 @@ elseif verb == 'release' then
   end
   redis.call('DEL', pending)
   return 0
+elseif verb == 'cancel' then
+  -- The caller could not enqueue the run it was told to: nothing is pending after all.
+  redis.call('DEL', pending)
+  return 1
 end
 return redis.error_reply('unknown verb ' .. tostring(verb))

@@ -37,6 +37,13 @@ def test_requests_while_queued_fold_into_the_queued_run(redis_client: redis.Redi
     assert flight.release(scope, owner) is False
 
 
+def test_a_cancelled_request_does_not_swallow_later_ones(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    assert flight.request(scope) is True
+    flight.cancel(scope)  # the broker refused the message
+    assert flight.request(scope) is True
+
+
 def test_a_second_runner_is_turned_away_and_leaves_a_follow_up(redis_client: redis.Redis) -> None:
     flight, scope = _flight(redis_client)
     first, second = new_owner(), new_owner()
