@@ -147,3 +147,19 @@ class Mailbox:
 
     def faults(self, **faults: Any) -> None:
         self.control.put(f"/mailboxes/{self.address}/faults", json=faults).raise_for_status()
+
+    def delete(self, message_id: str) -> None:
+        self.control.delete(f"/mailboxes/{self.address}/messages/{message_id}").raise_for_status()
+
+    def relabel(self, message_id: str, add: list[str], remove: list[str]) -> None:
+        self.post(f"messages/{message_id}/labels", json={"add": add, "remove": remove})
+
+    def state(self) -> dict[str, Any]:
+        r = self.control.get(f"/mailboxes/{self.address}")
+        r.raise_for_status()
+        return dict(r.json())
+
+    def stats(self) -> dict[str, Any]:
+        r = self.control.get(f"/mailboxes/{self.address}/stats")
+        r.raise_for_status()
+        return dict(r.json())

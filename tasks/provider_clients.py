@@ -1,0 +1,95 @@
+"""Provider adapters for a store: decrypted credentials in, guarded calls, errors mapped out."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import update
+
+from models import Provider, Store
+from providers.base import CallGuard, MailProvider
+from providers.errors import (
+    CursorExpired,
+    ProviderAuthError,
+    ProviderError,
+    ProviderRequestError,
+    ProviderThrottled,
+    ProviderUnavailable,
+)
+from providers.gmail import GmailClient
+from providers.oauth import OAuthCredentials
+from providers.outlook import OutlookClient
+from safeguards.errors import (
+    AuthenticationFailure,
+    CallFailure,
+    CursorLost,
+    ThrottledFailure,
+    TransientFailure,
+    ValidationFailure,
+)
+from syncguard.crypto import decrypt_json, encrypt_json
+from syncguard.db import service_session
+from syncguard.settings import get_settings
+
+
+def to_call_failure(exc: BaseException) -> CallFailure | None:
+    """Map a provider's typed error onto the safeguards' taxonomy (None: not a provider error)."""
+    if not isinstance(exc, ProviderError):
+        return None
+    message = f"{exc.provider}: {exc}"
+    if isinstance(exc, ProviderThrottled):
+        return ThrottledFailure(message, exc.retry_after_s)
+    if isinstance(exc, ProviderUnavailable):
+        return TransientFailure(message)
+    if isinstance(exc, ProviderAuthError):
+        return AuthenticationFailure(message)
+    if isinstance(exc, CursorExpired):
+        return CursorLost(message)
+    if isinstance(exc, ProviderRequestError):
+        return ValidationFailure(message)
+    return TransientFailure(message)
+
+
+def store_credentials(store: Store) -> OAuthCredentials:
+    """The store's decrypted OAuth credentials (kept in memory only, never in task arguments)."""
+    if store.credentials_encrypted is None:
+        raise AuthenticationFailure(f"store {store.id} has no credentials: connect it first")
+    return OAuthCredentials.from_dict(decrypt_json(store.credentials_encrypted))
+
+
+def save_credentials(store_id: uuid.UUID, credentials: OAuthCredentials) -> None:
+    """Encrypt and store ``credentials`` (after a token refresh, or when connecting a store)."""
+    with service_session() as session:
+        session.execute(
+            update(Store)
+            .where(Store.id == store_id)
+            .values(credentials_encrypted=encrypt_json(credentials.to_dict()))
+        )
+
+
+def open_client(store: Store, call_guard: CallGuard) -> MailProvider:
+    """A real HTTP client of the store's mailbox whose every request passes ``call_guard``."""
+    settings = get_settings()
+    credentials = store_credentials(store)
+    store_id = store.id
+
+    def on_refresh(fresh: OAuthCredentials) -> None:
+        save_credentials(store_id, fresh)
+
+    if store.provider is Provider.GMAIL:
+        return GmailClient(
+            credentials,
+            base_url=settings.gmail_api_url,
+            token_url=settings.gmail_token_url,
+            call_guard=call_guard,
+            on_refresh=on_refresh,
+            page_size=settings.sync_page_size,
+        )
+    return OutlookClient(
+        credentials,
+        base_url=settings.graph_api_url,
+        token_url=settings.graph_token_url,
+        call_guard=call_guard,
+        on_refresh=on_refresh,
+        page_size=settings.sync_page_size,
+    )

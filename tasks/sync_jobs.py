@@ -1,0 +1,81 @@
+"""Bookkeeping of ``sync_jobs`` rows: created before enqueueing, updated as a run progresses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from models import Store, SyncJob, SyncJobStatus, SyncKind, SyncTrigger
+from safeguards.errors import ValidationFailure
+from syncguard.db import service_session
+
+
+def create_job(store_id: uuid.UUID, trigger: SyncTrigger) -> uuid.UUID:
+    """A queued job for ``store_id``, committed (so it exists before its message does)."""
+    with service_session() as session:
+        store = session.get(Store, store_id)
+        if store is None:
+            raise ValidationFailure(f"store {store_id} does not exist")
+        kind = SyncKind.INCREMENTAL if store.sync_cursor else SyncKind.FULL
+        job = SyncJob(store_id=store_id, kind=kind, trigger=trigger, checkpoint={})
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def start_job(store_id: uuid.UUID, job_id: str | None, celery_task_id: str) -> SyncJob:
+    """Mark the job running (creating it if the task was enqueued without one)."""
+    with service_session() as session:
+        job = _find(session, job_id, celery_task_id)
+        if job is None:
+            job = SyncJob(store_id=store_id, kind=SyncKind.FULL, trigger=SyncTrigger.MANUAL)
+            job.checkpoint = {}
+            session.add(job)
+        elif job.store_id != store_id:
+            raise ValidationFailure(f"job {job.id} belongs to store {job.store_id}, not {store_id}")
+        job.status = SyncJobStatus.RUNNING
+        job.attempts = (job.attempts or 0) + 1
+        job.celery_task_id = celery_task_id
+        job.started_at = job.started_at or datetime.now(UTC)
+        session.flush()
+        return job
+
+
+def _find(session: Any, job_id: str | None, celery_task_id: str) -> SyncJob | None:
+    if job_id is not None:
+        try:
+            key = uuid.UUID(job_id)
+        except ValueError as exc:
+            raise ValidationFailure(f"job_id={job_id!r} is not a UUID") from exc
+        job = session.get(SyncJob, key, with_for_update=True)
+        if job is None:
+            raise ValidationFailure(f"sync job {job_id} does not exist")
+        return job  # type: ignore[no-any-return]
+    stmt = select(SyncJob).where(SyncJob.celery_task_id == celery_task_id).with_for_update()
+    return session.scalars(stmt).first()  # type: ignore[no-any-return]
+
+
+def set_status(job_id: uuid.UUID, status: SyncJobStatus, **values: Any) -> None:
+    """Move the job to ``status``; final states stamp ``finished_at``."""
+    final = status in (SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED)
+    if final:
+        values.setdefault("finished_at", func.now())
+    with service_session() as session:
+        session.execute(update(SyncJob).where(SyncJob.id == job_id).values(status=status, **values))
+
+
+def count_deferral(job_id: uuid.UUID, reason: str) -> None:
+    """The job waits for a safeguard: one more deferral, and why."""
+    set_status(
+        job_id, SyncJobStatus.DEFERRED, deferrals=SyncJob.deferrals + 1, error_message=reason
+    )
+
+
+def job_for_task(celery_task_id: str) -> uuid.UUID | None:
+    """The job a Celery task id is working on."""
+    with service_session() as session:
+        stmt = select(SyncJob.id).where(SyncJob.celery_task_id == celery_task_id)
+        return session.scalars(stmt).first()

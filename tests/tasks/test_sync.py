@@ -1,0 +1,181 @@
+"""sync_store against the emulator over HTTP, on a real worker, real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from celery.result import AsyncResult
+from sqlalchemy import Engine, text
+
+from models import FailureCategory, Provider, Store, StoreStatus, SyncJobStatus, SyncKind
+from providers.emulator.runner import EmulatorHandle, running_emulator
+from safeguards import ArchiveFilter, list_entries
+from syncguard.db import service_session
+from tasks.sync import request_sync
+from tests.sync_support import (
+    connect_store,
+    emulator_env,
+    eventually,
+    jobs_of,
+    local_copy,
+    mailbox_copy,
+    wait_for_job,
+)
+from tests.worker import running_worker
+
+PROVIDERS = [Provider.GMAIL, Provider.OUTLOOK]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker(emulator: EmulatorHandle) -> Iterator[None]:
+    env = {
+        **emulator_env(emulator),
+        # Small pages and runs so every test crosses pages and continuations.
+        "SYNCGUARD_SYNC_PAGE_SIZE": "4",
+        "SYNCGUARD_SYNC_MAX_PAGES_PER_RUN": "2",
+        "SYNCGUARD_MAX_BACKOFF_S": "1",
+        "SYNCGUARD_DEFER_HORIZON_S": "5",
+    }
+    with running_worker(concurrency=2, env=env):
+        yield
+
+
+def _sync(engine: Engine, store_id: uuid.UUID) -> uuid.UUID:
+    job_id = request_sync(store_id)
+    assert job_id is not None
+    job = wait_for_job(engine, job_id)
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    return job_id
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_full_then_incremental_sync_converges(
+    engine: Engine, emulator: EmulatorHandle, provider: Provider
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, provider)
+    ids = [mailbox.add(f"order {i}", labels=["INBOX", "UNREAD"]) for i in range(11)]
+    _sync(engine, store_id)
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, provider)
+    assert len(local_copy(engine, store_id)) == 11
+
+    mailbox.add("late order", labels=["INBOX"])
+    mailbox.delete(ids[0])
+    mailbox.delete(ids[1])
+    mailbox.relabel(ids[2], add=["Orders"], remove=["UNREAD"])
+    job_id = _sync(engine, store_id)
+
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, provider)
+    [job] = [j for j in jobs_of(engine, store_id) if j.id == job_id]
+    assert job.kind is SyncKind.INCREMENTAL
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stale_cursor_triggers_a_full_resync_that_converges(
+    engine: Engine, emulator: EmulatorHandle, provider: Provider
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, provider)
+    ids = [mailbox.add(f"m{i}") for i in range(6)]
+    _sync(engine, store_id)
+    mailbox.delete(ids[0])
+    mailbox.add("after the gap")
+    mailbox.post("expire-history" if provider is Provider.GMAIL else "invalidate-delta")
+
+    job_id = _sync(engine, store_id)
+
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, provider)
+    [job] = [j for j in jobs_of(engine, store_id) if j.id == job_id]
+    assert job.kind is SyncKind.FULL  # the incremental job became a full resync
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_429_with_retry_after_defers_without_using_retries(
+    engine: Engine, emulator: EmulatorHandle, provider: Provider
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, provider)
+    mailbox.add("hello")
+    mailbox.faults(throttle_429={"count": 2, "retry_after": 0.5})
+    job_id = request_sync(store_id)
+    assert job_id is not None
+
+    job = wait_for_job(engine, job_id)
+    assert job.status is SyncJobStatus.SUCCEEDED
+    assert job.deferrals >= 1
+    final = AsyncResult(job.celery_task_id).get(timeout=30)
+    assert final["retries"] == 0
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, provider)
+
+
+def test_persistent_5xx_trips_the_circuit_and_archives_the_job(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    mailbox.add("hello")
+    mailbox.faults(server_error={"status": 503, "count": "always"})
+    job_id = request_sync(store_id)
+    assert job_id is not None
+
+    job = wait_for_job(engine, job_id, timeout_s=90)
+    assert job.status is SyncJobStatus.ARCHIVED
+    with engine.connect() as conn:
+        circuit = conn.execute(
+            text(f"SELECT * FROM circuit_breaker_state WHERE store_id = '{store_id}';")
+        ).one()
+    assert circuit.state == "open" and circuit.trip_count >= 1
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category in {
+        FailureCategory.TRANSIENT_EXHAUSTED,
+        FailureCategory.CIRCUIT_OPEN_TOO_LONG,
+    }
+    assert (entry.task, entry.args, entry.kwargs) == (
+        "tasks.sync.sync_store",
+        [str(store_id)],
+        {"job_id": str(job_id)},
+    )
+    assert "503" in entry.failure_reason or "open" in entry.failure_reason
+
+
+def test_a_revoked_grant_marks_the_store_and_archives_without_retries(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.OUTLOOK)
+    mailbox.post("revoke")
+    job_id = request_sync(store_id)
+    assert job_id is not None
+
+    job = wait_for_job(engine, job_id)
+    assert job.status is SyncJobStatus.ARCHIVED and job.attempts == 1
+    with service_session(engine) as session:
+        store = session.get(Store, store_id)
+        assert store is not None and store.status is StoreStatus.NEEDS_REAUTH
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.AUTHENTICATION
+    assert mailbox.credentials.refresh_token not in repr(entry)  # no secret in the archive
+
+
+def test_a_burst_of_requests_while_syncing_causes_one_follow_up(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    for i in range(8):
+        mailbox.add(f"m{i}")
+    mailbox.faults(slow_ms=100)
+    first = request_sync(store_id)
+    assert first is not None
+    folded = [request_sync(store_id) for _ in range(50)]
+    assert folded == [None] * 50
+
+    wait_for_job(engine, first)
+    follow_up = eventually(lambda: [j for j in jobs_of(engine, store_id) if j.id != first])
+    assert len(follow_up) == 1 and follow_up[0].trigger == "follow_up"
+    wait_for_job(engine, follow_up[0].id)
+    mailbox.faults()
+    assert len(jobs_of(engine, store_id)) == 2
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
