@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     #: A sync's per-store lease, seconds: a crashed holder blocks its store at most this long.
     sync_lease_s: float = 120.0
 
+    # --- inbound webhooks (api/) ---
+
+    # --- subscriptions and their health (tasks/webhooks.py, safeguards/health.py) ---
+
+    # --- outbound deliveries (tasks/outbound.py) ---
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
