@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from celery.result import AsyncResult
@@ -21,6 +20,7 @@ from syncguard.db import service_session
 from tasks.replay import enqueue_archived
 from tests import workload
 from tests.factories import make_business, make_store
+from tests.sync_support import eventually
 from tests.worker import running_worker
 
 #: Short enough that deferral tests finish in seconds; the horizon is a few deferrals long.
@@ -46,15 +46,6 @@ def marker() -> str:
 
 def _archived(store_id: str) -> list[ArchivedJob]:
     return list_entries(ArchiveFilter(store_id=uuid.UUID(store_id)))
-
-
-def _eventually(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 def test_transient_failures_end_as_one_replayable_archive_row(store_id: str, marker: str) -> None:
@@ -138,13 +129,13 @@ def test_an_archive_that_cannot_be_written_leaves_the_job_unacknowledged(
         conn.execute(text("REVOKE INSERT ON failed_job_archive FROM syncguard_service"))
     try:
         workload.revoked.delay(store_id, marker)
-        _eventually(lambda: workload.runs(marker) >= 2)  # rejected, redelivered, ran again
+        eventually(lambda: workload.runs(marker) >= 2)  # rejected, redelivered, ran again
         assert _archived(store_id) == []
     finally:
         with admin.begin() as conn:
             conn.execute(text("GRANT INSERT ON failed_job_archive TO syncguard_service"))
         admin.dispose()
-    [entry] = _eventually(lambda: _archived(store_id))
+    [entry] = eventually(lambda: _archived(store_id))
     assert entry.failure_category == FailureCategory.AUTHENTICATION
 
 
@@ -166,7 +157,7 @@ def test_every_run_leaves_a_duration_metric_with_its_outcome(
             )
 
     # The worker's flusher writes batches every couple of seconds, not per call.
-    assert _eventually(outcomes, timeout_s=15) == ["succeeded"]
+    assert eventually(outcomes, timeout_s=15) == ["succeeded"]
 
 
 def test_a_refused_job_is_deferred_before_its_body_runs(store_id: str, marker: str) -> None:
