@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     #: Worker concurrency for ``syncguard up``.
     worker_concurrency: int = 2
+    #: The provider emulator's HTTP port for ``syncguard up`` with the demo (and ``emulator``).
+    emulator_port: int = 8765
     #: Fernet keys for credentials at rest, comma-separated, newest first; unset in development
     #: and test means a key generated once under ``home``; production requires it.
     encryption_keys: SecretStr = SecretStr("")
@@ -77,10 +79,67 @@ class Settings(BaseSettings):
     sync_lease_s: float = 120.0
 
     # --- inbound webhooks (api/) ---
+    #: Largest inbound webhook body accepted, bytes (Content-Length and bytes actually read).
+    webhook_max_body_bytes: int = 1024 * 1024
+    #: Google's JWKS that verifies Pub/Sub push OIDC tokens (the emulator's in tests and demos).
+    gmail_push_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    #: How long fetched push-token keys are trusted before a refetch, seconds.
+    gmail_push_jwks_ttl_s: float = 3600.0
+    #: Timeout of one JWKS fetch, seconds.
+    gmail_push_jwks_timeout_s: float = 5.0
+    #: Static push-token keys (a PEM public key or JWKS JSON, text); set, it replaces the URL.
+    gmail_push_keys: str = ""
+    #: Expected ``aud`` of push tokens (a URL string); unset means the URL the push came to.
+    gmail_push_audience: str | None = None
+    #: The push service account's email (an address) that push tokens must carry; unset means
+    #: every push is refused with 503 until configured (Pub/Sub keeps redelivering meanwhile).
+    gmail_push_service_account: str | None = None
+    #: Clock skew tolerated on push tokens' ``exp`` / ``iat``, seconds.
+    gmail_push_leeway_s: float = 30.0
 
     # --- subscriptions and their health (tasks/webhooks.py, safeguards/health.py) ---
+    #: Pub/Sub topic every Gmail watch publishes to (full resource name).
+    gmail_pubsub_topic: str = "projects/syncguard/topics/gmail-push"
+    #: Public base URL of the API (no trailing slash): Graph posts to ``{this}/webhooks/outlook``.
+    public_base_url: str = "http://127.0.0.1:8000"
+    #: Lifetime asked for a Graph subscription, minutes (Graph's documented ceiling is 10,080);
+    #: the expirationDateTime Graph answers is what we store.
+    graph_subscription_lifetime_min: int = Field(default=4230, ge=45, le=10080)
+    #: A Graph subscription expiring within this many seconds is renewed by Beat.
+    graph_renew_before_s: int = 12 * 3600
+    #: A Gmail watch last renewed longer ago than this is renewed (Google: once a day), seconds.
+    gmail_watch_renew_after_s: int = 86400
+    #: A Gmail watch expiring within this many seconds is renewed whatever its age.
+    gmail_watch_renew_before_s: int = 2 * 86400
+    #: How often every active store gets a reconciliation sync, seconds.
+    reconciliation_interval_s: float = 900.0
+    #: Health window: inbound deliveries younger than this feed the score, seconds.
+    health_window_s: int = 3600
+    #: A subscription whose health score is below this (0..1) gets a renewal.
+    health_renew_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    #: Failed inbound deliveries in a row that name the ``consecutive_failures`` pattern (count).
+    health_consecutive_failures: int = 5
+    #: Occurrences of one error message in the window that name ``repeated_error`` (count).
+    health_repeated_error: int = 3
+    #: ``expiring_without_renewal``: expiry closer than this, seconds...
+    health_expiring_within_s: int = 3600
+    #: ...and no renewal (or creation) for longer than this, seconds.
+    health_renewal_stale_s: int = 6 * 3600
+    #: ``silent_subscription``: no notification for this long while the mailbox changed, seconds.
+    health_silent_after_s: int = 6 * 3600
+    #: At most one renewal is enqueued per subscription per this many seconds.
+    renewal_request_cooldown_s: int = 300
 
     # --- outbound deliveries (tasks/outbound.py) ---
+    #: Timeout of one delivery POST (connect, read, write, pool each), seconds.
+    outbound_timeout_s: float = 15.0
+    #: Wait before each retry of a failed delivery, seconds (Svix's schedule); past the last
+    #: entry the delivery goes to the dead-letter archive. JSON in the environment: [5, 300].
+    outbound_retry_schedule_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    #: An endpoint is disabled once it has failed this many deliveries in a row (a count)...
+    outbound_disable_after_failures: int = 15
+    #: ...and has been failing, without one success, for at least this long, seconds.
+    outbound_disable_after_s: float = 5 * 86400.0
 
 
 @lru_cache(maxsize=1)

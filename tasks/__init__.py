@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 #: Modules whose tasks every worker registers; later areas add theirs here.
-TASK_MODULES = ["tasks.maintenance", "tasks.sync"]
+TASK_MODULES = ["tasks.maintenance", "tasks.sync", "tasks.outbound", "tasks.webhooks"]
 
 app = Celery("syncguard", include=TASK_MODULES)
 # Lazy: the configuration (and any embedded server it needs) loads on first use, not on import.

@@ -1,0 +1,69 @@
+"""The inbound webhook application: Gmail push, Graph notifications, and a health check."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException
+
+from api import gmail, outlook
+from api.errors import OUTAGE_ERRORS
+from api.push_auth import PushTokenVerifier
+from syncguard.db import service_session
+from syncguard.settings import Settings, get_settings
+
+access_log = logging.getLogger("api.access")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app reading ``settings`` (default: the process-wide settings)."""
+    app = FastAPI(
+        title="syncguard inbound webhooks", docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.settings = settings or get_settings()
+    app.state.push_verifier = PushTokenVerifier(app.state.settings)
+    app.include_router(gmail.router)
+    app.include_router(outlook.router)
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_exception_handler(HTTPException, _http_error)
+    app.middleware("http")(_access_log)
+    return app
+
+
+def healthz() -> JSONResponse:
+    """200 when the database answers ``SELECT 1``, else 503."""
+    try:
+        with service_session() as session:
+            session.execute(text("SELECT 1"))
+    except OUTAGE_ERRORS:
+        access_log.warning("health check: database unreachable", exc_info=True)
+        return JSONResponse({"status": "unavailable", "error": "database unreachable"}, 503)
+    return JSONResponse({"status": "ok"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in the same ``{"error": ...}`` shape as every refusal."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+
+async def _access_log(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Note when the request arrived; log method, path (no query: tokens), status and time."""
+    request.state.started = time.monotonic()
+    response = await call_next(request)
+    duration_ms = (time.monotonic() - request.state.started) * 1000
+    access_log.info(
+        "%s %s -> %d in %.1f ms",
+        request.method,
+        request.url.path,
+        response.status_code,
+        duration_ms,
+    )
+    return response

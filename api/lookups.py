@@ -1,0 +1,93 @@
+"""The few queries the receivers make: whose mailbox, which subscription, when last heard from."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models import Provider, Store, StoreStatus, SubscriptionStatus, WebhookSubscription
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """The store a notification is about."""
+
+    id: uuid.UUID
+    status: StoreStatus
+
+    @property
+    def syncable(self) -> bool:
+        """Whether a notification should start a sync (paused or broken stores wait)."""
+        return self.status is StoreStatus.ACTIVE
+
+
+@dataclass(frozen=True)
+class SubscriptionRef:
+    """A Graph subscription as a notification needs it: its row, store and clientState hash."""
+
+    id: uuid.UUID
+    store: StoreRef
+    client_state_hash: str | None
+
+
+def gmail_store(session: Session, address: str) -> StoreRef | None:
+    """The Gmail store of ``address``, compared case-insensitively."""
+    row = session.execute(
+        select(Store.id, Store.status)
+        .where(Store.provider == Provider.GMAIL)
+        .where(func.lower(Store.mailbox_address) == address.lower())
+        .order_by(Store.created_at)
+        .limit(1)
+    ).first()
+    return None if row is None else StoreRef(row.id, StoreStatus(row.status))
+
+
+def outlook_subscriptions(
+    session: Session, subscription_ids: Collection[str]
+) -> dict[str, SubscriptionRef]:
+    """The Graph subscriptions among ``subscription_ids``, by Graph subscription id."""
+    if not subscription_ids:
+        return {}
+    rows = session.execute(
+        select(
+            WebhookSubscription.id,
+            WebhookSubscription.provider_subscription_id,
+            WebhookSubscription.client_state_hash,
+            Store.id.label("store_id"),
+            Store.status,
+        )
+        .join(Store, Store.id == WebhookSubscription.store_id)
+        .where(WebhookSubscription.provider == Provider.OUTLOOK)
+        .where(WebhookSubscription.provider_subscription_id.in_(list(subscription_ids)))
+    ).all()
+    return {
+        row.provider_subscription_id: SubscriptionRef(
+            row.id, StoreRef(row.store_id, StoreStatus(row.status)), row.client_state_hash
+        )
+        for row in rows
+    }
+
+
+def touch_gmail_watch(session: Session, store_id: uuid.UUID) -> None:
+    """Record that the store's Gmail watch just delivered a notification."""
+    session.execute(
+        update(WebhookSubscription)
+        .where(WebhookSubscription.store_id == store_id)
+        .where(WebhookSubscription.provider == Provider.GMAIL)
+        .where(WebhookSubscription.status != SubscriptionStatus.REMOVED)
+        .values(last_notification_at=func.now())
+    )
+
+
+def touch_subscriptions(session: Session, row_ids: Collection[uuid.UUID]) -> None:
+    """Record that these subscriptions just delivered a notification."""
+    if row_ids:
+        session.execute(
+            update(WebhookSubscription)
+            .where(WebhookSubscription.id.in_(list(row_ids)))
+            .values(last_notification_at=func.now())
+        )
