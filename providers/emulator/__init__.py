@@ -64,6 +64,8 @@ Control API (JSON; unknown keys are rejected with 422; unknown mailbox -> 404 {"
                                  "subscriptionRemoved"|"missed"} -> 202 (subscriptionRemoved
                                  also deletes it)
     POST   /_emulator/subscriptions/{id}/expire   -> the subscription runs out now
+    POST   /_emulator/mailboxes/{address}/burst {"count": N} -> N notifications at once about
+           the newest message (Gmail past its 1/s limit): a redelivery storm
 
 Faults apply to Gmail/Graph API calls after authentication, in the order timeout, throttle_429,
 quota_403, server_error (one per request); slow_ms delays every answer. Endpoint names in stats:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from providers.emulator.context import context
 from providers.emulator.faults import Faults, MailboxStats
@@ -236,6 +236,21 @@ async def clear_stats(request: Request, address: str) -> Response:
     with ctx.state.lock:
         ctx.state.mailbox(address).stats = MailboxStats()
     return Response(status_code=204)
+
+
+class Burst(_Strict):
+    """Body of POST /_emulator/mailboxes/{address}/burst."""
+
+    count: int = Field(ge=1, le=1000)
+
+
+@router.post("/mailboxes/{address}/burst", status_code=202)
+async def burst(request: Request, address: str, body: Burst) -> dict[str, object]:
+    """Fire ``count`` notifications for the mailbox at once, as a provider's redelivery storm."""
+    ctx = context(request)
+    with ctx.state.lock:
+        ctx.state.mailbox(address)  # 404 for an unknown mailbox
+    return {"sent": ctx.notifier.burst(address, body.count)}
 
 
 @router.post("/subscriptions/{subscription_id}/lifecycle", status_code=202)

@@ -136,6 +136,25 @@ class Notifier:
         )
         self._deliver_with_faults(address, "gmail_push", url, body, f"Bearer {token}")
 
+    def burst(self, address: str, count: int) -> int:
+        """Send ``count`` notifications about the newest message at once (a redelivery storm)."""
+        with self._state.lock:
+            box = self._state.mailboxes.get(address)
+            if box is None or not box.messages:
+                return 0
+            newest = max(box.messages.values(), key=lambda m: m.changed_seq)
+            provider = box.provider
+            change = Change(address, "updated", newest.id, tuple(newest.labels), box.history_id)
+        now = time.time()
+        for _ in range(count):
+            if provider is Provider.GMAIL:
+                self._schedule(now, lambda: self._fire_gmail(address))  # past the 1/s limit
+            else:
+                for sub in self._state.subscriptions_of(address):
+                    body = _graph_change(sub, change, self._config.tenant_id)
+                    self._send(address, "graph_change", sub.notification_url, body, None)
+        return count
+
     def lifecycle(self, sub: Subscription, event: str) -> None:
         """Send one lifecycle notification to the subscription's lifecycle URL."""
         if sub.lifecycle_url is None:
