@@ -17,7 +17,7 @@ from api.lookups import gmail_store, touch_gmail_watch
 from api.push_auth import PushTokenVerifier
 from models import SyncTrigger
 from syncguard.db import service_session
-from tasks.sync import request_sync
+from tasks.sync_requests import request_sync
 
 logger = logging.getLogger(__name__)
 

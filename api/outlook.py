@@ -32,7 +32,7 @@ from api.lookups import outlook_subscriptions, touch_subscriptions
 from models import SyncTrigger
 from syncguard.db import service_session
 from tasks import app as celery_app
-from tasks.sync import request_sync
+from tasks.sync_requests import request_sync
 
 #: Celery tasks (by name: tasks/webhooks.py) that answer lifecycle events about a subscription.
 LIFECYCLE_TASKS = {

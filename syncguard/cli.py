@@ -107,7 +107,9 @@ def sync(store_id: uuid.UUID) -> None:
     if store.status is not StoreStatus.ACTIVE:
         reason = f": {store.status_reason}" if store.status_reason else ""
         raise click.ClickException(f"store {store_id} is {store.status}{reason}; not syncing it")
-    from tasks.sync import request_sync  # lazy: loads the Celery app and its broker settings
+    from tasks.sync_requests import (
+        request_sync,  # lazy: loads the Celery app and its broker settings
+    )
 
     try:
         job_id = request_sync(store_id)

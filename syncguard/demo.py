@@ -158,7 +158,7 @@ class EmulatorControl:
 
 def seed(emulator_url: str, echo: Echo = print) -> list[SeededStore]:
     """Create or refresh every demo business, mailbox and store, then request their syncs."""
-    from tasks.sync import request_sync  # lazy: the Celery app is needed only from here on
+    from tasks.sync_requests import request_sync  # lazy: the Celery app is needed only from here on
 
     with EmulatorControl(emulator_url) as emulator:
         businesses = {slug: _upsert_business(slug, name) for slug, name in BUSINESSES.items()}
@@ -179,7 +179,7 @@ def follow(
     echo: Echo = print,
 ) -> int:
     """Until ``stop`` is set: add a message to a healthy mailbox and sync it; returns how often."""
-    from tasks.sync import request_sync
+    from tasks.sync_requests import request_sync
 
     healthy = [s for s in seeded if not s.spec.faults]
     rounds = 0

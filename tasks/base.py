@@ -33,6 +33,7 @@ from safeguards.errors import (
 from safeguards.metrics import record_metric
 from syncguard.db import service_session
 from syncguard.settings import get_settings
+from tasks.events import announce
 from tasks.guard import CallScope, default_classifier, guarded_call, preflight
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,12 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             log.error("archiving %s[%s] failed, requeueing: %s", self.name, request.id, db_exc)
             raise Reject(db_exc, requeue=True) from db_exc
         self.on_archived(entry_id, category, exc)
+        if (store_id := self._store_id_or_none()) is not None:
+            announce(
+                store_business(store_id),
+                "dead_letter.added",
+                {"entry_id": str(entry_id), "category": category.value, "job_type": self.name},
+            )
         return entry_id
 
     def job_data(self) -> dict[str, Any]:
@@ -220,10 +227,20 @@ def _too_long(reason: Refused | ThrottledFailure) -> FailureCategory:
 
 
 @lru_cache(maxsize=4096)
-def store_provider(store_id: uuid.UUID) -> Provider:
-    """A store's provider; cached in process because it never changes."""
+def _store_identity(store_id: uuid.UUID) -> tuple[Provider, uuid.UUID]:
+    # A store's provider and business never change: safe to cache in process.
     with service_session() as session:
         store = session.get(Store, store_id)
         if store is None:
             raise ValidationFailure(f"store {store_id} does not exist")
-        return store.provider
+        return store.provider, store.business_id
+
+
+def store_provider(store_id: uuid.UUID) -> Provider:
+    """A store's provider."""
+    return _store_identity(store_id)[0]
+
+
+def store_business(store_id: uuid.UUID) -> uuid.UUID:
+    """The business a store belongs to."""
+    return _store_identity(store_id)[1]

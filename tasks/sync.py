@@ -20,11 +20,11 @@ from sqlalchemy import func, update
 from models import FailureCategory, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
 from providers.base import ChangesPage, FullPage, MailProvider
 from safeguards.errors import CallFailure, CursorLost, Refused, ThrottledFailure, ValidationFailure
-from safeguards.single_flight import SingleFlight
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
 from tasks.base import SafeguardedTask
+from tasks.events import announce
 from tasks.guard import default_classifier
 from tasks.mailbox_copy import (
     database_now,
@@ -34,38 +34,9 @@ from tasks.mailbox_copy import (
     upsert_messages,
 )
 from tasks.provider_clients import open_client, to_call_failure
-from tasks.sync_jobs import count_deferral, create_job, job_for_task, set_status, start_job
-
-
-def sync_flight() -> SingleFlight:
-    """The per-store single flight of syncs (lease from settings)."""
-    return SingleFlight("sync", lease_s=get_settings().sync_lease_s)
-
-
-def request_sync(
-    store_id: uuid.UUID | str, trigger: SyncTrigger = SyncTrigger.MANUAL
-) -> uuid.UUID | None:
-    """Enqueue a sync of the store, or fold the request into the pending one (returns None)."""
-    store_key = str(uuid.UUID(str(store_id)))
-    flight = sync_flight()
-    if not flight.request(store_key):
-        return None
-    try:
-        return enqueue_job(uuid.UUID(store_key), trigger)
-    except BaseException:
-        flight.cancel(store_key)  # otherwise every later request would fold into nothing
-        raise
-
-
-def enqueue_job(store_id: uuid.UUID, trigger: SyncTrigger) -> uuid.UUID:
-    """Create the job row, commit, then publish its message (never the other way round)."""
-    job_id = create_job(store_id, trigger)
-    result = sync_store.apply_async(args=[str(store_id)], kwargs={"job_id": str(job_id)})
-    with service_session() as session:
-        session.execute(
-            update(SyncJob).where(SyncJob.id == job_id).values(celery_task_id=result.id)
-        )
-    return job_id
+from tasks.sync_jobs import count_deferral, job_for_task, set_status, start_job
+from tasks.sync_requests import enqueue_job, sync_flight
+from tasks.webhooks import ensure_healthy_subscription
 
 
 class SyncTask(SafeguardedTask):
@@ -108,6 +79,8 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     """Sync one store: a bounded number of pages now, the rest in a continuation."""
     store_uuid = self.store_id()
     assert store_uuid is not None  # call_scope() in the preflight already validated it
+    # The seed's pre-processing check: an expired or unhealthy subscription gets renewed.
+    ensure_healthy_subscription(store_uuid)
     job = start_job(store_uuid, job_id, self.request.id)
     if not sync_flight().acquire(str(store_uuid), str(job.id)):
         set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
@@ -123,11 +96,16 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     finally:
         client.close()
     if not progress.done:
-        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)}, countdown=0)
+        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
         set_status(job.id, SyncJobStatus.QUEUED)
         return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
     set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
     _release(store_uuid, job.id)
+    announce(
+        store.business_id,
+        "sync.completed",
+        {"store_id": store_id, "job_id": str(job.id), "cursor_advanced": True},
+    )
     return {"job_id": str(job.id), "pages": progress.pages, "retries": self.request.retries}
 
 
@@ -234,3 +212,6 @@ def _release(store_id: uuid.UUID, job_id: uuid.UUID) -> None:
     """End this run's hold on the store; requests that arrived meanwhile get one follow-up."""
     if sync_flight().release(str(store_id), str(job_id)):
         enqueue_job(store_id, SyncTrigger.FOLLOW_UP)
+
+
+__all__ = ["SyncTask", "sync_store"]

@@ -52,7 +52,7 @@ from tasks.subscriptions import (
     set_status,
     subscription_store,
 )
-from tasks.sync import request_sync
+from tasks.sync_requests import request_sync
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from models import FailureCategory, Provider, Store, StoreStatus, SyncJobStatus,
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
 from syncguard.db import service_session
-from tasks.sync import request_sync
+from tasks.sync_requests import request_sync
 from tests.sync_support import (
     connect_store,
     emulator_env,
@@ -166,7 +166,7 @@ def test_a_burst_of_requests_while_syncing_causes_one_follow_up(
     store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
     for i in range(8):
         mailbox.add(f"m{i}")
-    mailbox.faults(slow_ms=100)
+    mailbox.faults(slow_ms=300)  # the first sync outlasts the 50 requests by far
     first = request_sync(store_id)
     assert first is not None
     folded = [request_sync(store_id) for _ in range(50)]
