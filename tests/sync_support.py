@@ -31,15 +31,17 @@ def emulator_env(emulator: EmulatorHandle) -> dict[str, str]:
 
 
 def connect_store(
-    engine: Engine, emulator: EmulatorHandle, provider: Provider
+    engine: Engine,
+    emulator: EmulatorHandle,
+    provider: Provider,
+    business_id: uuid.UUID | None = None,
 ) -> tuple[uuid.UUID, Mailbox]:
-    """A new business and store whose mailbox lives in the emulator."""
+    """A store (of a new business unless given) whose mailbox lives in the emulator."""
     address = f"shop-{uuid.uuid4().hex[:8]}@example.com"
     mailbox = Mailbox(emulator, provider.value, address)
     with service_session(engine) as session:
-        business = make_business(session)
         store = Store(
-            business_id=business.id,
+            business_id=business_id or make_business(session).id,
             provider=provider,
             mailbox_address=address,
             credentials_encrypted=encrypt_json(mailbox.credentials.to_dict()),

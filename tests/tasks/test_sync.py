@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -13,7 +14,10 @@ from models import FailureCategory, Provider, Store, StoreStatus, SyncJobStatus,
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
 from syncguard.db import service_session
+from syncguard.webhook_signing import verify
+from tasks.outbound import register_endpoint
 from tasks.sync_requests import request_sync
+from tests.providers import Reply, ScriptedServer, Seen, scripted_server
 from tests.sync_support import (
     connect_store,
     emulator_env,
@@ -179,3 +183,31 @@ def test_a_burst_of_requests_while_syncing_causes_one_follow_up(
     mailbox.faults()
     assert len(jobs_of(engine, store_id)) == 2
     assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
+
+
+def test_syncs_and_archived_jobs_are_announced_signed_to_the_business(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    healthy, healthy_box = connect_store(engine, emulator, Provider.GMAIL)
+    with service_session(engine) as session:
+        business_id = session.get(Store, healthy).business_id  # type: ignore[union-attr]
+    with scripted_server() as receiver:
+        receiver.handler = lambda seen: Reply(204)
+        _, secret = register_endpoint(business_id, receiver.url)
+        healthy_box.add("hello")
+        job_id = _sync(engine, healthy)
+
+        [completed] = eventually(lambda: _events(receiver, "sync.completed"))
+        verify(secret, completed.headers, completed.body)
+        assert json.loads(completed.body)["data"]["job_id"] == str(job_id)
+
+        broken, broken_box = connect_store(engine, emulator, Provider.GMAIL, business_id)
+        broken_box.post("revoke")
+        wait_for_job(engine, request_sync(broken))  # type: ignore[arg-type]
+        [added] = eventually(lambda: _events(receiver, "dead_letter.added"))
+        verify(secret, added.headers, added.body)
+        assert json.loads(added.body)["data"]["category"] == "authentication"
+
+
+def _events(receiver: ScriptedServer, event_type: str) -> list[Seen]:
+    return [r for r in receiver.requests if json.loads(r.body)["type"] == event_type]
