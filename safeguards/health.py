@@ -41,6 +41,7 @@ CONSECUTIVE_FAILURES = "consecutive_failures"
 REPEATED_ERROR = "repeated_error"
 EXPIRING_WITHOUT_RENEWAL = "expiring_without_renewal"
 SILENT_SUBSCRIPTION = "silent_subscription"
+RENEWAL_FAILING = "renewal_failing"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class HealthThresholds:
     expiring_within_s: float = 3600.0
     renewal_stale_s: float = 6 * 3600.0
     silent_after_s: float = 6 * 3600.0
+    #: Renewals failed in a row that name the ``renewal_failing`` pattern.
+    renewal_failures: int = 2
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ def detect_patterns(inputs: HealthInputs, thresholds: HealthThresholds) -> list[
         found.append(EXPIRING_WITHOUT_RENEWAL)
     if is_silent(inputs, thresholds):
         found.append(SILENT_SUBSCRIPTION)
+    if inputs.renewal_failures >= thresholds.renewal_failures:
+        found.append(RENEWAL_FAILING)
     return found
 
 
@@ -202,6 +207,7 @@ def thresholds_for(provider: Provider, settings: Settings | None = None) -> Heal
         expiring_within_s=float(s.health_expiring_within_s),
         renewal_stale_s=float(s.health_renewal_stale_s),
         silent_after_s=float(s.health_silent_after_s),
+        renewal_failures=s.health_renewal_failures,
     )
 
 

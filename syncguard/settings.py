@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     result_expires_s: int = 86400
     #: Flower's HTTP port for ``syncguard up``.
     flower_port: int = 5555
+    #: The API's HTTP port for ``syncguard up`` (webhook receivers, ``/healthz``).
+    api_port: int = 8000
     #: Worker concurrency for ``syncguard up``.
     worker_concurrency: int = 2
     #: The provider emulator's HTTP port for ``syncguard up`` with the demo (and ``emulator``).
@@ -129,6 +131,9 @@ class Settings(BaseSettings):
     health_silent_after_s: int = 6 * 3600
     #: At most one renewal is enqueued per subscription per this many seconds.
     renewal_request_cooldown_s: int = 300
+
+    #: Renewals failed in a row that name the ``renewal_failing`` health pattern (count).
+    health_renewal_failures: int = 2
 
     # --- outbound deliveries (tasks/outbound.py) ---
     #: Timeout of one delivery POST (connect, read, write, pool each), seconds.

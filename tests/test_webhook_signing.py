@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 
 import pytest
 
@@ -97,3 +98,20 @@ def test_new_secrets_are_random_and_well_formed() -> None:
 def test_malformed_secrets_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="secret"):
         sign(bad, MSG_ID, TIMESTAMP, BODY)
+
+
+def test_our_signature_verifies_with_the_independent_standardwebhooks_package() -> None:
+    from standardwebhooks.webhooks import Webhook
+
+    secret = new_secret()
+    body = b'{"type": "sync.completed", "data": {"job_id": "1"}}'
+    timestamp = int(time.time())
+    headers = {
+        "webhook-id": "msg_independent",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, "msg_independent", timestamp, body),
+    }
+    assert Webhook(secret).verify(body, headers) == {
+        "type": "sync.completed",
+        "data": {"job_id": "1"},
+    }

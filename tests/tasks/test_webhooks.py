@@ -19,10 +19,12 @@ from models import (
     StoreStatus,
     SubscriptionStatus,
     SyncTrigger,
+    WebhookHealthLog,
     WebhookSubscription,
 )
 from providers.base import parse_datetime
 from providers.emulator.runner import EmulatorHandle, running_emulator, start_background
+from safeguards.health import RENEWAL_FAILING, record_subscription_health
 from syncguard.db import service_session
 from tasks.webhooks import (
     create_subscription,
@@ -224,6 +226,7 @@ def test_beat_renews_exactly_the_subscriptions_inside_their_window(
     gmail_fresh = _subscribed(engine, emulator, Provider.GMAIL)[2]
     _set(engine, graph_due.id, expires_at=now + timedelta(hours=1))  # inside the 12 h window
     _set(engine, gmail_due.id, created_at=now - timedelta(days=2))  # watched 2 days ago
+    nearly_expired = record_subscription_health(graph_due.id)
 
     picked = set(renew_expiring_subscriptions.delay().get(timeout=TIMEOUT_S))
 
@@ -233,6 +236,10 @@ def test_beat_renews_exactly_the_subscriptions_inside_their_window(
         eventually(lambda: _row(engine, sub_id).renewal_count == 1, TIMEOUT_S)  # noqa: B023
     assert _row(engine, graph_later.id).renewal_count == 0
     assert _row(engine, gmail_fresh.id).renewal_count == 0
+    # The health log shows it: 1 h to expiry in a 12 h window scored low; renewed, it is whole.
+    renewed = record_subscription_health(graph_due.id)
+    assert nearly_expired is not None and renewed is not None
+    assert nearly_expired.score < 0.1 < 0.9 < renewed.score
 
 
 def test_reconciliation_enqueues_one_sync_per_active_store(
@@ -264,3 +271,27 @@ def test_a_sync_renews_an_expired_subscription_but_not_a_healthy_one(
     renewed = eventually(lambda: (r := _row(engine, sub.id)).renewal_count == 1 and r, TIMEOUT_S)
     assert renewed.expires_at is not None and renewed.expires_at > _db_now(engine)
     assert ensure_healthy_subscription(store_id) is False
+
+
+def test_a_renewal_that_keeps_failing_lowers_the_health_score_and_is_named(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    _, mailbox, sub = _subscribed(engine, emulator, Provider.OUTLOOK)
+    healthy = record_subscription_health(sub.id)
+    assert healthy is not None and RENEWAL_FAILING not in healthy.patterns
+
+    mailbox.faults(server_error={"status": 503, "count": "always"})
+    renew_subscription.delay(str(sub.id))
+    eventually(lambda: _row(engine, sub.id).consecutive_renewal_failures >= 2, TIMEOUT_S)
+    failing = record_subscription_health(sub.id)
+    mailbox.faults()
+
+    assert failing is not None and RENEWAL_FAILING in failing.patterns
+    assert failing.score <= healthy.score * 0.25  # two failures in a row: a quarter at most
+    with service_session(engine) as session:
+        logged = session.scalars(
+            select(WebhookHealthLog.failure_patterns)
+            .where(WebhookHealthLog.subscription_id == sub.id)
+            .order_by(WebhookHealthLog.checked_at)
+        ).all()
+    assert [RENEWAL_FAILING in p for p in logged] == [False, True]
