@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     #: ...and has been failing, without one success, for at least this long, seconds.
     outbound_disable_after_s: float = 5 * 86400.0
 
+    # --- metrics and Prometheus (safeguards/metrics.py, safeguards/prometheus.py) ---
+
+    # --- alerts (safeguards/alerts.py) ---
+
+    # --- retention cleanup (safeguards/cleanup.py) ---
+
+    # --- dashboard and JSON API (api/) ---
+
+    # --- beat (syncguard/beat.py) ---
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
