@@ -14,6 +14,8 @@ COPY tasks/ tasks/
 COPY safeguards/ safeguards/
 COPY models/ models/
 COPY migrations/ migrations/
+COPY providers/ providers/
+COPY api/ api/
 RUN pip install .
 
 # Celery refuses nothing as root, but a worker has no business being root; beat writes its

@@ -69,11 +69,18 @@ def up(beat: bool, flower: bool, demo: bool | None) -> None:
     try:
         _migrate(urls.database_url, "head")
         emulator_url = emulator_base_url(settings) if demo else None
+        api_url = api_base_url(settings)
+        click.echo(f"API: {api_url}/ (webhooks under /webhooks/, health at /healthz)")
+        if public_base_url(settings) != api_url:
+            click.echo(f"  providers are told to notify {public_base_url(settings)}/webhooks/…")
         if flower:
             click.echo(f"Flower: http://127.0.0.1:{settings.flower_port}/")
         if emulator_url is not None:
             click.echo(f"Provider emulator: {emulator_url}/ (Gmail and Graph calls go there)")
-            click.echo("Demo: 4 stores seeded there; a new message every 15 s (--no-demo: off)")
+            click.echo(
+                "Demo: 4 stores seeded there; a new message every 15 s, synced on the provider's "
+                "notification (--no-demo: off)"
+            )
         children = stack_children(settings, beat=beat, flower=flower, demo=demo)
         code = Stack(children, _child_env(settings, urls, emulator_url)).run()
     finally:
@@ -133,23 +140,34 @@ def emulator(host: str, port: int | None) -> None:
 
 @main.command()
 @click.option("--emulator-url", default=None, help="[default: http://127.0.0.1:<emulator port>]")
-@click.option("--follow", is_flag=True, help="Then add a message and sync every INTERVAL s.")
+@click.option("--api-url", default=None, help="[default: http://127.0.0.1:<API port>]")
+@click.option(
+    "--follow", is_flag=True, help="Then add a message every INTERVAL s (notifications sync it)."
+)
 @click.option("--interval", type=float, default=15.0, show_default=True, help="Seconds.")
 @click.option("--wait", "wait_s", type=float, default=30.0, show_default=True, help="Seconds.")
-def demo(emulator_url: str | None, follow: bool, interval: float, wait_s: float) -> None:
-    """Seed the demo stores in the emulator and sync them (idempotent; WAIT s for it to answer)."""
+def demo(
+    emulator_url: str | None, api_url: str | None, follow: bool, interval: float, wait_s: float
+) -> None:
+    """Seed the demo stores in the emulator, sync them, subscribe the healthy ones (idempotent).
+
+    Waits WAIT s for the emulator to answer; subscribing needs the API and a worker running.
+    """
     from syncguard import demo as seeding  # lazy: the models and the Celery app
 
     settings = get_settings()
     url = emulator_url or emulator_base_url(settings)
+    api = api_url or api_base_url(settings)
     _services(settings)
     try:
         with seeding.EmulatorControl(url) as control:
             control.wait_ready(wait_s)
         seeded = seeding.seed(url, echo=click.echo)
+        click.echo(f"demo seeded: {len(seeded)} stores of {len(seeding.BUSINESSES)} businesses")
+        subscribed = seeding.subscribe(url, api, seeded, echo=click.echo)
     except (seeding.DemoError, SQLAlchemyError) as exc:
         raise click.ClickException(f"demo seeding failed: {exc}") from exc
-    click.echo(f"demo seeded: {len(seeded)} stores of {len(seeding.BUSINESSES)} businesses")
+    click.echo(f"demo: {len(subscribed)} stores event-driven (Gmail push, Graph notifications)")
     if not follow:
         return
     stop = threading.Event()
@@ -168,6 +186,18 @@ def emulator_base_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.emulator_port}"
 
 
+def api_base_url(settings: Settings) -> str:
+    """Where ``up`` runs the API: its base URL."""
+    return f"http://127.0.0.1:{settings.api_port}"
+
+
+def public_base_url(settings: Settings) -> str:
+    """The API's URL as providers see it: ``SYNCGUARD_PUBLIC_BASE_URL`` if set, else ``up``'s."""
+    if "public_base_url" in settings.model_fields_set:
+        return settings.public_base_url.rstrip("/")
+    return api_base_url(settings)
+
+
 def stack_children(
     settings: Settings, *, beat: bool = True, flower: bool = True, demo: bool = False
 ) -> list[Child]:
@@ -177,6 +207,7 @@ def stack_children(
         children.append(_beat(settings))
     if flower:
         children.append(_flower(settings))
+    children.append(_api(settings))
     if demo:
         children += _demo(settings)
     return children
@@ -203,13 +234,21 @@ def _flower(settings: Settings) -> Child:
     return Child("flower", [*_CELERY, "flower", port, "--address=127.0.0.1"])
 
 
+def _api(settings: Settings) -> Child:
+    port = str(settings.api_port)
+    argv = [sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", port]
+    return Child("api", argv)
+
+
 def _demo(settings: Settings) -> list[Child]:
-    # The demo child waits for the emulator to answer, then seeds and keeps adding messages.
+    # The demo child waits for the emulator to answer, then seeds; once the API answers and the
+    # first syncs are done it subscribes the healthy stores, then keeps adding messages.
     port = str(settings.emulator_port)
     url = emulator_base_url(settings)
+    api = api_base_url(settings)
     return [
         Child("emulator", [*_SYNCGUARD, "emulator", "--host", "127.0.0.1", "--port", port]),
-        Child("demo", [*_SYNCGUARD, "demo", "--emulator-url", url, "--follow"]),
+        Child("demo", [*_SYNCGUARD, "demo", "--emulator-url", url, "--api-url", api, "--follow"]),
     ]
 
 
@@ -220,12 +259,25 @@ def _child_env(
     env = {**os.environ, **urls.as_env()}
     env["SYNCGUARD_HOME"] = str(home_dir(settings))
     env["PYTHONUNBUFFERED"] = "1"
+    # Graph subscriptions (made by the worker) must name the API this stack runs.
+    env["SYNCGUARD_PUBLIC_BASE_URL"] = public_base_url(settings)
     if emulator_url is not None:
         # Every child's adapters (the worker's above all) talk to the emulator, not the providers.
         env["SYNCGUARD_GMAIL_API_URL"] = env["SYNCGUARD_GRAPH_API_URL"] = emulator_url
         env["SYNCGUARD_GMAIL_TOKEN_URL"] = f"{emulator_url}/oauth2/token"
         env["SYNCGUARD_GRAPH_TOKEN_URL"] = f"{emulator_url}/oauth2/token"
+        # The API trusts the emulator's push tokens; the demo makes the emulator sign as this.
+        env["SYNCGUARD_GMAIL_PUSH_JWKS_URL"] = f"{emulator_url}/_emulator/oauth2/v3/certs"
+        env["SYNCGUARD_GMAIL_PUSH_SERVICE_ACCOUNT"] = (
+            settings.gmail_push_service_account or _emulator_service_account()
+        )
     return env
+
+
+def _emulator_service_account() -> str:
+    from providers.emulator.config import EmulatorConfig  # lazy: the demo double, demo only
+
+    return EmulatorConfig().service_account_email
 
 
 def _load_store(store_id: uuid.UUID) -> Store:

@@ -5,6 +5,11 @@ Seeding is idempotent: businesses are upserted by slug and stores by (provider, 
 emulator keeps its mailboxes in memory, so a fresh emulator issues new credentials, and each
 store's cursor and circuit are reset (the mailbox is new); against an emulator that already has the
 mailbox, the stored credentials are checked and the mailbox is only topped up.
+
+Then the demo goes event-driven: ``subscribe`` points the emulator's Gmail pushes at the API,
+waits for the API and for the healthy stores' first syncs, and opens their Gmail watch / Graph
+subscription; from then on ``follow`` only adds mail, and the providers' notifications, through
+the API, start the syncs.
 """
 
 from __future__ import annotations
@@ -14,22 +19,30 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import httpx
-from sqlalchemy import func
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
-from models import Business, Provider, Store, StoreStatus
+from models import Business, Provider, Store, StoreStatus, SyncedMessage, SyncJob, SyncJobStatus
 from providers.oauth import OAuthCredentials
 from safeguards.circuit_breaker import reset_circuit_breaker
 from syncguard.crypto import encrypt_json
 from syncguard.db import service_session
+from syncguard.settings import get_settings
 
 #: Messages each demo mailbox holds after seeding.
 MESSAGES_PER_MAILBOX = 25
-#: How often the follow loop adds a message to a healthy mailbox and requests a sync, seconds.
+#: How often the follow loop adds a message to a healthy mailbox, seconds.
 FOLLOW_INTERVAL_S = 15.0
+#: How long ``subscribe`` waits for the API, the first syncs and each subscription, seconds.
+SUBSCRIBE_TIMEOUT_S = 120.0
+#: The task that opens a store's Gmail watch or Graph subscription (sent by name).
+CREATE_SUBSCRIPTION_TASK = "tasks.webhooks.create_subscription"
+#: Sync job states after which a job does nothing more.
+_FINAL = (SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED)
 #: The demo businesses, by slug.
 BUSINESSES = {"demo-bakery": "Demo Bakery", "demo-books": "Demo Books"}
 
@@ -130,6 +143,18 @@ class EmulatorControl:
         reply = self._call("POST", "/oauth2/token", data=form, accept=(200, 400, 401))
         return reply.status_code == 200
 
+    def push_settings(self) -> dict[str, Any]:
+        """Where the emulator sends Gmail pushes, and the identity it signs them with."""
+        settings: dict[str, Any] = self._call("GET", "/_emulator/push").json()
+        return settings
+
+    def set_push(self, gmail_push_url: str, service_account_email: str | None = None) -> None:
+        """Send Gmail pushes to ``gmail_push_url`` (and sign them as the given account)."""
+        body = {"gmail_push_url": gmail_push_url}
+        if service_account_email:
+            body["service_account_email"] = service_account_email
+        self._call("PUT", "/_emulator/push", json=body)
+
     def message_count(self, address: str) -> int:
         """How many messages the mailbox holds."""
         return len(self._call("GET", f"/_emulator/mailboxes/{address}").json()["messages"])
@@ -171,6 +196,68 @@ def seed(emulator_url: str, echo: Echo = print) -> list[SeededStore]:
     return seeded
 
 
+def subscribe(
+    emulator_url: str,
+    api_url: str,
+    seeded: list[SeededStore],
+    echo: Echo = print,
+    timeout_s: float = SUBSCRIBE_TIMEOUT_S,
+) -> list[SeededStore]:
+    """Make the healthy stores event-driven: push target, API up, first syncs, subscriptions.
+
+    Points the emulator's Gmail pushes at ``{api_url}/webhooks/gmail`` (signed as the API's
+    ``gmail_push_service_account`` when set), waits for the API's ``/healthz`` (Graph's handshake
+    calls it back) and for each healthy store's first sync, then has a worker run
+    ``create_subscription`` for each. Returns the stores subscribed. The faulty stores keep
+    their seeding sync only: their stories are the retries and the deferrals.
+    """
+    from tasks import app  # lazy, like request_sync: the Celery app and its broker settings
+
+    api = api_url.rstrip("/")
+    healthy = [s for s in seeded if not s.spec.faults]
+    with EmulatorControl(emulator_url) as emulator:
+        emulator.set_push(f"{api}/webhooks/gmail", get_settings().gmail_push_service_account)
+    echo(f"demo: Gmail pushes go to {api}/webhooks/gmail; waiting for the API")
+    wait_for_api(api, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    for store in healthy:
+        if not _wait_idle(store.store_id, deadline):
+            echo(f"{store.spec.address}: first sync not finished yet; subscribing anyway")
+    pending = [
+        (store, app.send_task(CREATE_SUBSCRIPTION_TASK, args=[str(store.store_id)]))
+        for store in healthy
+    ]
+    subscribed = []
+    for store, result in pending:
+        kind = "Gmail watch" if store.spec.provider is Provider.GMAIL else "Graph subscription"
+        try:
+            created = result.get(timeout=max(1.0, deadline - time.monotonic()))
+        except Exception as exc:  # a timeout or the task's own failure: the demo goes on
+            echo(f"{store.spec.address}: {kind} not created: {exc!r}")
+            continue
+        subscribed.append(store)
+        echo(
+            f"{store.spec.address}: {kind} open until {created['expires_at']}; "
+            "new mail now syncs on the provider's notification"
+        )
+    return subscribed
+
+
+def wait_for_api(api_url: str, timeout_s: float) -> None:
+    """Return once ``{api_url}/healthz`` answers 200; DemoError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    url = f"{api_url.rstrip('/')}/healthz"
+    while True:
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise DemoError(f"the API at {api_url} did not answer /healthz within {timeout_s}s")
+        time.sleep(0.2)
+
+
 def follow(
     emulator_url: str,
     seeded: list[SeededStore],
@@ -178,25 +265,96 @@ def follow(
     interval_s: float = FOLLOW_INTERVAL_S,
     echo: Echo = print,
 ) -> int:
-    """Until ``stop`` is set: add a message to a healthy mailbox and sync it; returns how often."""
-    from tasks.sync_requests import request_sync
+    """Until ``stop`` is set: add a message to a healthy mailbox; returns how many were added.
 
+    Requests no sync: the provider notifies the API, the API enqueues the sync. Each message's
+    arrival in ``synced_messages`` is reported when seen (checked a few times a second).
+    """
     healthy = [s for s in seeded if not s.spec.faults]
     rounds = 0
+    landing: list[_Landing] = []
+    next_at = time.monotonic() + interval_s
     with EmulatorControl(emulator_url) as emulator:
-        while healthy and not stop.wait(interval_s):
+        while healthy and not stop.wait(min(_LANDING_POLL_S, max(0.0, next_at - time.monotonic()))):
+            landing = _report_landed(landing, echo)
+            if time.monotonic() < next_at:
+                continue
+            next_at += interval_s
             target = healthy[rounds % len(healthy)]
             rounds += 1
             subject = f"Live order #{rounds} at {time.strftime('%H:%M:%S')}"
+            added_at = datetime.now(UTC)
             try:
-                emulator.add_message(target.spec.address, subject, _sender(target.spec))
-                job_id = request_sync(target.store_id)
+                message_id = emulator.add_message(
+                    target.spec.address, subject, _sender(target.spec)
+                )
             except DemoError as exc:
                 echo(f"demo: {exc}")  # the emulator is stopping or restarting: try next round
                 continue
-            queued = _queued(target.store_id, job_id)
-            echo(f"{target.spec.address}: new message '{subject}', {queued}")
+            landing.append(_Landing(target, message_id, subject, added_at))
+            echo(f"{target.spec.address}: new message '{subject}' (no sync requested)")
     return rounds
+
+
+#: How often ``follow`` looks for its messages in ``synced_messages``, seconds.
+_LANDING_POLL_S = 0.2
+#: A message not synced after this long is no longer watched for, seconds.
+_LANDING_WATCH_S = 120.0
+
+
+@dataclass(frozen=True)
+class _Landing:
+    store: SeededStore
+    message_id: str
+    subject: str
+    added_at: datetime
+
+
+def _report_landed(landing: list[_Landing], echo: Echo) -> list[_Landing]:
+    """Echo the messages that reached the local copy; returns those still awaited."""
+    if not landing:
+        return landing
+    waiting = []
+    with service_session() as session:
+        for item in landing:
+            synced_at = session.scalar(
+                select(SyncedMessage.created_at).where(
+                    SyncedMessage.store_id == item.store.store_id,
+                    SyncedMessage.provider_message_id == item.message_id,
+                )
+            )
+            age_s = (datetime.now(UTC) - item.added_at).total_seconds()
+            if synced_at is None:
+                if age_s < _LANDING_WATCH_S:
+                    waiting.append(item)
+                continue
+            trigger = session.scalar(
+                select(SyncJob.trigger)
+                .where(SyncJob.store_id == item.store.store_id)
+                .where(SyncJob.created_at >= item.added_at)
+                .order_by(SyncJob.created_at)
+                .limit(1)
+            )
+            after_ms = max(0.0, (synced_at - item.added_at).total_seconds() * 1000)
+            by = f" by a {trigger}-triggered sync" if trigger is not None else ""
+            echo(f"{item.store.spec.address}: '{item.subject}' synced{by}, {after_ms:.0f} ms after")
+    return waiting
+
+
+def _wait_idle(store_id: uuid.UUID, deadline: float) -> bool:
+    """Wait until no sync of the store is queued or running; False at ``deadline``."""
+    while True:
+        with service_session() as session:
+            busy = session.scalar(
+                select(func.count())
+                .select_from(SyncJob)
+                .where(SyncJob.store_id == store_id, SyncJob.status.not_in(_FINAL))
+            )
+        if not busy:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def _upsert_business(slug: str, name: str) -> uuid.UUID:

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, update
 
 from models import Provider, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
+from providers.emulator.config import EmulatorConfig
 from providers.emulator.runner import free_port, running_emulator
 from syncguard.cli import _child_env, main, stack_children
 from syncguard.db import service_session
@@ -123,12 +124,28 @@ def test_emulator_command_serves_until_sigterm() -> None:
 
 @pytest.mark.parametrize("environment", ["development", "production"])
 def test_up_runs_the_emulator_and_demo_children_only_with_the_demo(environment: str) -> None:
-    settings = Settings(environment=environment, emulator_port=9876)
+    settings = Settings(environment=environment, emulator_port=9876, api_port=8123)
     with_demo = [c.name for c in stack_children(settings, demo=True)]
-    assert with_demo == ["worker", "beat", "flower", "emulator", "demo"]
-    assert [c.name for c in stack_children(settings)] == ["worker", "beat", "flower"]
+    assert with_demo == ["worker", "beat", "flower", "api", "emulator", "demo"]
+    assert [c.name for c in stack_children(settings)] == ["worker", "beat", "flower", "api"]
     [demo] = [c for c in stack_children(settings, demo=True) if c.name == "demo"]
-    assert list(demo.argv[-4:]) == ["demo", "--emulator-url", "http://127.0.0.1:9876", "--follow"]
+    assert list(demo.argv[-6:]) == [
+        "demo",
+        "--emulator-url",
+        "http://127.0.0.1:9876",
+        "--api-url",
+        "http://127.0.0.1:8123",
+        "--follow",
+    ]
+
+
+def test_up_runs_the_api_with_uvicorn_on_the_api_port() -> None:
+    children = stack_children(Settings(api_port=8123), beat=False, flower=False)
+    [api] = [c for c in children if c.name == "api"]
+    assert list(api.argv) == [
+        sys.executable,
+        *("-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", "8123"),
+    ]
 
 
 def test_up_points_every_child_at_the_emulator_only_with_the_demo() -> None:
@@ -141,3 +158,29 @@ def test_up_points_every_child_at_the_emulator_only_with_the_demo() -> None:
     assert env["DATABASE_URL"] == "postgresql+psycopg://db/x"
     plain = _child_env(settings, urls)
     assert plain.get("SYNCGUARD_GMAIL_API_URL") == os.environ.get("SYNCGUARD_GMAIL_API_URL")
+
+
+def test_up_has_the_api_trust_the_emulators_push_tokens_only_with_the_demo() -> None:
+    settings = Settings(emulator_port=9876)
+    urls = ServiceURLs("postgresql+psycopg://db/x", "redis://r/0", "redis://r/0")
+    env = _child_env(settings, urls, "http://127.0.0.1:9876")
+    certs = "http://127.0.0.1:9876/_emulator/oauth2/v3/certs"
+    assert env["SYNCGUARD_GMAIL_PUSH_JWKS_URL"] == certs
+    assert env["SYNCGUARD_GMAIL_PUSH_SERVICE_ACCOUNT"] == EmulatorConfig().service_account_email
+    # A push service account the user chose wins: the demo makes the emulator sign as it.
+    chosen = Settings(emulator_port=9876, gmail_push_service_account="push@example.iam")
+    env = _child_env(chosen, urls, "http://127.0.0.1:9876")
+    assert env["SYNCGUARD_GMAIL_PUSH_SERVICE_ACCOUNT"] == "push@example.iam"
+    plain = _child_env(settings, urls)
+    assert plain.get("SYNCGUARD_GMAIL_PUSH_JWKS_URL") == os.environ.get(
+        "SYNCGUARD_GMAIL_PUSH_JWKS_URL"
+    )
+
+
+def test_up_tells_the_children_the_apis_url_unless_a_public_one_is_set() -> None:
+    urls = ServiceURLs("postgresql+psycopg://db/x", "redis://r/0", "redis://r/0")
+    env = _child_env(Settings(api_port=8123), urls)
+    assert env["SYNCGUARD_PUBLIC_BASE_URL"] == "http://127.0.0.1:8123"
+    public = Settings(api_port=8123, public_base_url="https://hooks.example.com/")
+    env = _child_env(public, urls, "http://127.0.0.1:9876")
+    assert env["SYNCGUARD_PUBLIC_BASE_URL"] == "https://hooks.example.com"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import shlex
 import tomllib
 from pathlib import Path
@@ -12,12 +13,13 @@ import click
 import pytest
 import yaml
 from celery import Celery
+from fastapi import FastAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 #: Services built from our image, as opposed to stock images.
-APP_SERVICES = ["migrate", "worker", "beat", "flower"]
+APP_SERVICES = ["migrate", "worker", "beat", "flower", "api"]
 CELERY_SUBCOMMANDS = {"worker", "beat", "flower"}
 
 
@@ -45,6 +47,14 @@ def _check_celery(argv: list[str]) -> None:
     assert sub in CELERY_SUBCOMMANDS
 
 
+def _check_uvicorn(argv: list[str]) -> None:
+    # The `uvicorn` command comes with an installed distribution, and its target is our ASGI app.
+    assert importlib.metadata.entry_points(group="console_scripts", name="uvicorn")
+    target = next(arg for arg in argv[1:] if not arg.startswith("-"))
+    module, _, attr = target.partition(":")
+    assert isinstance(getattr(importlib.import_module(module), attr or "app"), FastAPI)
+
+
 def test_the_expected_services_exist() -> None:
     assert {"postgres", "redis", *APP_SERVICES} <= SERVICES.keys()
 
@@ -60,6 +70,8 @@ def test_app_service_runs_an_existing_entry_point(name: str) -> None:
     argv = _argv(SERVICES[name])
     if argv[0] == "celery":
         _check_celery(argv)
+    elif argv[0] == "uvicorn":
+        _check_uvicorn(argv)
     else:
         group = _console_script(argv[0])
         assert argv[1] in group.commands, f"{name}: `{argv[0]} {argv[1]}` is no such command"
@@ -77,6 +89,21 @@ def test_app_service_is_built_from_our_dockerfile_for_production(name: str) -> N
 
 def test_migrate_runs_once_and_the_rest_wait_for_it() -> None:
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "flower", "api"):
         condition = SERVICES[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully"
+
+
+def test_the_api_is_published_and_checked_on_healthz() -> None:
+    api = SERVICES["api"]
+    assert any(str(port).endswith(":8000") for port in api["ports"])
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert "SYNCGUARD_PUBLIC_BASE_URL" in api["environment"]
+
+
+def test_the_image_ships_every_package_it_installs() -> None:
+    # `pip install .` in the Dockerfile needs every package pyproject.toml lists.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for top in {name.split(".")[0] for name in packages["packages"]}:
+        assert f"COPY {top}/ {top}/" in dockerfile, f"the image lacks {top}/"

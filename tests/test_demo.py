@@ -1,21 +1,35 @@
-"""The demo seeding against real emulators, synced by a real worker: healthy, throttled, flaky."""
+"""The demo against real emulators, a real API and a real worker: healthy, throttled, flaky;
+then event-driven: new mail reaches the local copy through the providers' notifications."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import httpx
 from sqlalchemy import Engine, func, select
 
-from models import Business, Store, StoreStatus, SyncJobStatus
-from providers.emulator.runner import EmulatorHandle, running_emulator
+from models import Business, Store, StoreStatus, SyncJobStatus, SyncTrigger
+from providers.emulator.runner import EmulatorHandle, free_port, running_emulator
 from safeguards import ArchiveFilter, list_entries
 from syncguard.db import service_session
-from syncguard.demo import BUSINESSES, MESSAGES_PER_MAILBOX, STORES, SeededStore, follow, seed
+from syncguard.demo import (
+    BUSINESSES,
+    MESSAGES_PER_MAILBOX,
+    STORES,
+    SeededStore,
+    follow,
+    seed,
+    subscribe,
+)
 from tests.sync_support import FINAL, emulator_env, eventually, jobs_of, local_copy, wait_for_job
-from tests.worker import running_worker
+from tests.worker import running_worker, stop
 
 ADDRESSES = [spec.address for spec in STORES]
 FLAKY = "bakery-flaky@demo.syncguard.test"
@@ -39,6 +53,24 @@ def _mailbox_ids(emulator: EmulatorHandle, address: str) -> set[str]:
 
 def _all_final(engine: Engine, store_ids: list[uuid.UUID]) -> bool:
     return all(job.status in FINAL for s in store_ids for job in jobs_of(engine, s))
+
+
+@contextmanager
+def _running_api(emulator: EmulatorHandle) -> Iterator[str]:
+    """`uvicorn api:app` in its own process, trusting the emulator's push tokens (as `up` does)."""
+    push = httpx.get(f"{emulator.url}/_emulator/push").json()
+    port = free_port()
+    env = {
+        **os.environ,
+        "SYNCGUARD_GMAIL_PUSH_JWKS_URL": f"{emulator.url}/_emulator/oauth2/v3/certs",
+        "SYNCGUARD_GMAIL_PUSH_SERVICE_ACCOUNT": push["service_account_email"],
+    }
+    argv = [sys.executable, "-m", "uvicorn", "api:app", "--port", str(port)]
+    proc = subprocess.Popen([*argv, "--log-level", "warning"], env=env)
+    try:
+        yield f"http://127.0.0.1:{port}"  # subscribe() waits for its /healthz
+    finally:
+        stop(proc)
 
 
 def test_seeding_is_idempotent_and_the_worker_shows_every_outcome(engine: Engine) -> None:
@@ -68,17 +100,24 @@ def test_seeding_is_idempotent_and_the_worker_shows_every_outcome(engine: Engine
         assert all(len(_mailbox_ids(emulator, a)) == MESSAGES_PER_MAILBOX for a in ADDRESSES)
         assert sum("existing mailbox, 0 messages added" in line for line in lines) == len(STORES)
 
-        env = {
-            **emulator_env(emulator),
-            "SYNCGUARD_MAX_BACKOFF_S": "1",
-            # Above the throttled store's 3 x 2 s Retry-After, so only the flaky store archives.
-            "SYNCGUARD_DEFER_HORIZON_S": "8",
-        }
-        with running_worker(env=env):
-            _check_outcomes(engine, emulator, first)
-            _check_follow(engine, emulator, first)
-            store_ids = [s.store_id for s in first]
-            eventually(lambda: _all_final(engine, store_ids), timeout_s=30)
+        with _running_api(emulator) as api_url:
+            env = {
+                **emulator_env(emulator),
+                "SYNCGUARD_PUBLIC_BASE_URL": api_url,  # Graph notifies (and handshakes) there
+                "SYNCGUARD_MAX_BACKOFF_S": "1",
+                # Above the throttled store's 3 x 2 s Retry-After, so only the flaky store archives.
+                "SYNCGUARD_DEFER_HORIZON_S": "8",
+            }
+            with running_worker(env=env):
+                _check_outcomes(engine, emulator, first)
+                subscribed = subscribe(
+                    emulator.url, api_url, first, echo=lines.append, timeout_s=30
+                )
+                healthy = [s for s in first if not s.spec.faults]
+                assert [s.store_id for s in subscribed] == [s.store_id for s in healthy]
+                _check_follow(engine, emulator, first)
+                store_ids = [s.store_id for s in first]
+                eventually(lambda: _all_final(engine, store_ids), timeout_s=30)
 
 
 def _check_outcomes(engine: Engine, emulator: EmulatorHandle, seeded: list[SeededStore]) -> None:
@@ -97,20 +136,29 @@ def _check_outcomes(engine: Engine, emulator: EmulatorHandle, seeded: list[Seede
 
 
 def _check_follow(engine: Engine, emulator: EmulatorHandle, seeded: list[SeededStore]) -> None:
-    stop = threading.Event()
+    healthy = [s for s in seeded if not s.spec.faults]
+    before = {s.store_id: len(jobs_of(engine, s.store_id)) for s in healthy}
+    done = threading.Event()
     lines: list[str] = []
+
+    def landed(store: SeededStore) -> bool:
+        return any(x.startswith(f"{store.spec.address}: 'Live order #") for x in lines)
 
     def echo(line: str) -> None:
         lines.append(line)
-        if len(lines) == 2:
-            stop.set()
+        if all(landed(s) for s in healthy):
+            done.set()
 
-    assert follow(emulator.url, seeded, stop, interval_s=0.05, echo=echo) == 2
-    assert all("new message 'Live order #" in line for line in lines)
-    healthy = [s for s in seeded if not s.spec.faults]
-    for store in healthy:  # one live message each, round robin, then synced
-        assert len(_mailbox_ids(emulator, store.spec.address)) == MESSAGES_PER_MAILBOX + 1
+    # follow requests no sync: only the providers' notifications, through the API, start them.
+    assert follow(emulator.url, seeded, done, interval_s=1.0, echo=echo) >= len(healthy)
+    assert all(landed(s) for s in healthy), lines
+    for store in healthy:  # live messages round robin, each synced
+        added = [x for x in lines if x.startswith(f"{store.spec.address}: new message 'Live")]
+        assert added and all(x.endswith("(no sync requested)") for x in added), lines
+        assert len(_mailbox_ids(emulator, store.spec.address)) == MESSAGES_PER_MAILBOX + len(added)
         eventually(partial(_in_sync, engine, emulator, store), 30)
+        new_jobs = jobs_of(engine, store.store_id)[before[store.store_id] :]
+        assert new_jobs and new_jobs[0].trigger is SyncTrigger.WEBHOOK, new_jobs
 
 
 def _in_sync(engine: Engine, emulator: EmulatorHandle, store: SeededStore) -> bool:
