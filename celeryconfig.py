@@ -9,7 +9,7 @@ from kombu.entity import Exchange, Queue
 from beat_schedule import BEAT_SCHEDULE
 from syncguard.services import current_services
 from syncguard.settings import get_settings
-from tasks.queues import QUEUE_NAMES, SYNC
+from tasks.queues import MAINTENANCE, QUEUE_NAMES, SYNC, WEBHOOKS
 
 _settings = get_settings()
 _urls = current_services()
@@ -55,7 +55,12 @@ task_queues = tuple(
 task_default_queue = SYNC
 task_default_exchange = SYNC
 task_default_routing_key = SYNC
-task_routes = {f"tasks.{name}.*": {"queue": name} for name in QUEUE_NAMES}
+task_routes = {
+    **{f"tasks.{name}.*": {"queue": name} for name in QUEUE_NAMES},
+    # Modules named after what they do, routed to the queue of their kind of work.
+    "tasks.outbound.*": {"queue": WEBHOOKS},
+    "tasks.alerting.*": {"queue": MAINTENANCE},
+}
 
 task_soft_time_limit = _settings.task_soft_time_limit_s
 task_time_limit = _settings.task_time_limit_s
@@ -69,3 +74,5 @@ task_send_sent_event = True
 timezone = "UTC"
 enable_utc = True
 beat_schedule = BEAT_SCHEDULE
+# Two Beats started by mistake still run each entry once per period (a claim in Redis).
+beat_scheduler = "syncguard.beat:DedupingScheduler"

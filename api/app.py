@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
-from api import gmail, outlook
+from api import dashboard, gmail, metrics, outlook, v1
 from api.errors import OUTAGE_ERRORS
 from api.push_auth import PushTokenVerifier
 from syncguard.db import service_session
@@ -29,6 +29,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.push_verifier = PushTokenVerifier(app.state.settings)
     app.include_router(gmail.router)
     app.include_router(outlook.router)
+    app.include_router(v1.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard/static", dashboard.static_files, name="dashboard-static")
+    app.include_router(metrics.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(HTTPException, _http_error)
     app.middleware("http")(_access_log)

@@ -16,6 +16,7 @@ from api.intake import Intake, answer, clean_id, parse_json, read_intake, record
 from api.lookups import gmail_store, touch_gmail_watch
 from api.push_auth import PushTokenVerifier
 from models import SyncTrigger
+from safeguards.prometheus import count_webhook
 from syncguard.db import service_session
 from tasks.sync_requests import request_sync
 
@@ -63,7 +64,9 @@ def gmail_push(request: Request, intake: Annotated[Intake, Depends(read_intake)]
             record(intake, store.id, message_id, WEBHOOK_TYPE, 204, note, session=session)
         return Response(status_code=204)
 
-    return answer(intake, WEBHOOK_TYPE, process, message_id)
+    response = answer(intake, WEBHOOK_TYPE, process, message_id)
+    count_webhook("gmail", WEBHOOK_TYPE, response.status_code, intake.elapsed_ms() / 1000)
+    return response
 
 
 def decode_push(body: Any) -> GmailNotification:

@@ -30,6 +30,7 @@ from api.graph_items import (
 from api.intake import Intake, answer, json_error, parse_json, read_intake, record
 from api.lookups import outlook_subscriptions, touch_subscriptions
 from models import SyncTrigger
+from safeguards.prometheus import count_webhook
 from syncguard.db import service_session
 from tasks import app as celery_app
 from tasks.sync_requests import request_sync
@@ -65,7 +66,7 @@ def outlook_lifecycle(
 def _receive(request: Request, intake: Intake, *, lifecycle_url: bool) -> Response:
     token = request.query_params.get("validationToken")
     if token is not None:
-        return _handshake(intake, token)
+        return _counted(intake, VALIDATION_TYPE, _handshake(intake, token))
     webhook_type = LIFECYCLE_TYPE if lifecycle_url else NOTIFICATION_TYPE
 
     def process() -> Response:
@@ -88,7 +89,13 @@ def _receive(request: Request, intake: Intake, *, lifecycle_url: bool) -> Respon
         _log(intake, verdicts, status, notes)
         return response
 
-    return answer(intake, webhook_type, process, None)
+    return _counted(intake, webhook_type, answer(intake, webhook_type, process, None))
+
+
+def _counted(intake: Intake, webhook_type: str, response: Response) -> Response:
+    """Count the delivery (status class, latency) in Prometheus, then hand the answer back."""
+    count_webhook("outlook", webhook_type, response.status_code, intake.elapsed_ms() / 1000)
+    return response
 
 
 def _handshake(intake: Intake, token: str) -> Response:

@@ -1,5 +1,6 @@
 """SQLAlchemy 2.0 models of every syncguard table; importing this registers them on ``Base``."""
 
+from models.api_keys import ApiKey, ApiKeyRole
 from models.base import Base
 from models.enums import (
     AlertSeverity,
@@ -49,6 +50,8 @@ __all__ = [
     "Alert",
     "AlertSeverity",
     "AlertStatus",
+    "ApiKey",
+    "ApiKeyRole",
     "Base",
     "Business",
     "CircuitBreakerState",

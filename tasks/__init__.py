@@ -5,10 +5,19 @@ from __future__ import annotations
 from celery import Celery
 
 #: Modules whose tasks every worker registers; later areas add theirs here.
-TASK_MODULES = ["tasks.maintenance", "tasks.sync", "tasks.outbound", "tasks.webhooks"]
+TASK_MODULES = [
+    "tasks.maintenance",
+    "tasks.sync",
+    "tasks.outbound",
+    "tasks.webhooks",
+    "tasks.alerting",
+]
 
 app = Celery("syncguard", include=TASK_MODULES)
 # Lazy: the configuration (and any embedded server it needs) loads on first use, not on import.
 app.config_from_object("celeryconfig")
+
+# Registers the hooks that redact every published message's display copy of its arguments.
+from tasks import redaction_hooks  # noqa: E402, F401
 
 __all__ = ["TASK_MODULES", "app"]

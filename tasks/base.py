@@ -31,6 +31,7 @@ from safeguards.errors import (
     ValidationFailure,
 )
 from safeguards.metrics import record_metric
+from safeguards.prometheus import count_task
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks.events import announce
@@ -216,6 +217,7 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             tags={"task": self.name, "outcome": outcome},
             store_id=self._store_id_or_none(),
         )
+        count_task(self.name, outcome, duration_s)
 
 
 def _too_long(reason: Refused | ThrottledFailure) -> FailureCategory:

@@ -26,6 +26,7 @@ from safeguards.errors import (
     TransientFailure,
 )
 from safeguards.metrics import record_metric
+from safeguards.prometheus import count_decision
 from safeguards.rate_limit import check_rate_limit, get_rate_limiter, record_rate_limit_request
 from syncguard.settings import get_settings
 
@@ -113,8 +114,10 @@ def _admit_circuit(scope: CallScope) -> str | None:
     try:
         decision = check_circuit_breaker(scope.store_id, scope.circuit_name)
     except SafeguardUnavailable as exc:
+        count_decision("circuit_breaker", "unavailable")
         _degraded("circuit_breaker", exc)
         return None
+    count_decision("circuit_breaker", "allowed" if decision.allowed else "refused")
     if not decision.allowed:
         raise CircuitOpen(
             f"circuit {scope.circuit_name!r} of store {scope.store_id} is {decision.state}",
@@ -129,8 +132,10 @@ def _admit_rate(
     try:
         decision = check_rate_limit(scope.store_id, operation, provider=scope.provider, cost=cost)
     except SafeguardUnavailable as exc:
+        count_decision("rate_limit", "unavailable")
         _degraded("rate_limit", exc)
         return None
+    count_decision("rate_limit", "allowed" if decision.allowed else "refused")
     if not decision.allowed:
         if trial_token:  # give the half-open trial back: this call never happened
             _safely(

@@ -1,4 +1,4 @@
-"""Maintenance tasks: diagnostics now; retention cleanup, metrics and alerts join later."""
+"""Maintenance tasks: diagnostics, safeguard mirroring, metrics and retention cleanup."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
+from models import CleanupOutcome
+from safeguards import cleanup
 from safeguards.circuit_breaker import flush_stats_to_postgres
+from safeguards.metrics_collect import collect_metrics as write_snapshot
+from safeguards.queue_depth import queue_depths
 from safeguards.rate_limit import flush_usage_to_postgres
 from syncguard.db import get_engine
 from syncguard.services import current_services
 from tasks import app
+from tasks.queues import QUEUE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +48,34 @@ def _redis_ping(redis_url: str) -> bool:
 def mirror_safeguard_state() -> dict[str, int]:
     """Mirror rate-limit usage and circuit counters from Redis into their tables."""
     return {"rate_limits": flush_usage_to_postgres(), "circuits": flush_stats_to_postgres()}
+
+
+@app.task(name="tasks.maintenance.collect_metrics")  # type: ignore[untyped-decorator]
+def collect_metrics() -> dict[str, int]:
+    """Snapshot queues, jobs in flight, backlog, circuits, usage and webhooks into the metrics."""
+    with app.connection_for_read() as connection:
+        depths = queue_depths(connection, QUEUE_NAMES)
+    return write_snapshot(depths)
+
+
+@app.task(name="tasks.maintenance.run_all_cleanup_tasks")  # type: ignore[untyped-decorator]
+def run_all_cleanup_tasks(dry_run: bool = False) -> dict[str, Any]:
+    """Delete every safeguard table's rows past retention in short batches; a summary per table."""
+    results = cleanup.run_all_cleanup_tasks(dry_run=dry_run)
+    return {
+        "run_id": str(results[0].run_id) if results else None,
+        "dry_run": dry_run,
+        "failed": [r.table for r in results if r.outcome is CleanupOutcome.FAILED],
+        "tables": {
+            r.table: {
+                "outcome": r.outcome.value,
+                "rows_deleted": r.rows_deleted,
+                "batches": len(r.batch_ms),
+                "max_batch_ms": round(r.max_batch_ms, 1),
+                "duration_ms": r.duration_ms,
+                "complete": r.complete,
+                "error_message": r.error_message,
+            }
+            for r in results
+        },
+    }

@@ -80,6 +80,13 @@ def _populate(session: Session, name: str) -> uuid.UUID:
             models.SystemHealthMetric(
                 store_id=store.id, metric_type="usage", metric_name="m", metric_value=1
             ),
+            models.ApiKey(
+                business_id=business.id,
+                name="viewer",
+                key_prefix="sgk_x",
+                key_hash=uuid.uuid4().hex * 2,
+                role="tenant",
+            ),
             models.Alert(
                 store_id=store.id,
                 rule="r",

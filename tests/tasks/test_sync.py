@@ -178,7 +178,9 @@ def test_a_burst_of_requests_while_syncing_causes_one_follow_up(
 
     wait_for_job(engine, first)
     follow_up = eventually(lambda: [j for j in jobs_of(engine, store_id) if j.id != first])
-    assert len(follow_up) == 1 and follow_up[0].trigger == "follow_up"
+    assert [j.trigger for j in follow_up] == ["follow_up"], [
+        (j.trigger, j.status, j.error_message, j.created_at) for j in jobs_of(engine, store_id)
+    ]
     wait_for_job(engine, follow_up[0].id)
     mailbox.faults()
     assert len(jobs_of(engine, store_id)) == 2

@@ -1,0 +1,178 @@
+"""``/dashboard``: the operators' and tenants' page, server-rendered, with a small local script.
+
+Log in once with an API key (the form, or ``/dashboard/login?key=...``); the key is then kept in
+an HttpOnly, SameSite=Strict cookie that the page's own fetch calls to ``/api/v1`` carry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import func, select
+
+from api import v1_queries
+from api.auth import authenticate, read_session, scope, settings_of
+from api.v1_archive import entry_json
+from models import AlertStatus, SystemHealthMetric
+from safeguards import dead_letter
+from safeguards.dead_letter import ArchiveFilter
+from safeguards.metrics_trends import metric_trend
+from syncguard.api_keys import Principal, verify
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+#: Served at ``/dashboard/static``: the page's script and stylesheet (no CDN).
+static_files = StaticFiles(directory=HERE / "static")
+#: Metrics charted on the page: the most sampled ones in the window.
+CHARTED_METRICS = 4
+#: Only our own files, no inline script, no third party.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+
+router = APIRouter(prefix="/dashboard")
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.get("/login")
+def login_form(request: Request, key: str | None = None) -> Response:
+    """The login form; ``?key=`` logs in at once (and the key leaves the URL by a redirect)."""
+    if key is not None:
+        return _login(request, key)
+    return _page(request, "login.html", {"error": None})
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Check the typed key and keep it in the login cookie."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    return _login(request, (form.get("key") or [""])[0].strip())
+
+
+def _login(request: Request, key: str) -> Response:
+    if not key or verify(key) is None:
+        return _page(request, "login.html", {"error": "That API key is invalid or revoked."}, 401)
+    settings = settings_of(request)
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        settings.dashboard_cookie_name,
+        key,
+        max_age=settings.dashboard_cookie_max_age_s,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=settings.dashboard_cookie_secure or settings.environment == "production",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    """Forget the login cookie."""
+    response = RedirectResponse("/dashboard/login", status_code=303)
+    response.delete_cookie(settings_of(request).dashboard_cookie_name, path="/")
+    return response
+
+
+@router.get("")
+def dashboard(request: Request, business_id: uuid.UUID | None = None) -> Response:
+    """The page: circuits, rate limits, subscriptions, archive, alerts and metric trends."""
+    try:
+        principal = authenticate(request)
+    except HTTPException:
+        return RedirectResponse("/dashboard/login", status_code=303)
+    business = scope(principal, business_id)
+    context = collect(principal, business, settings_of(request).dashboard_list_limit)
+    return _page(request, "dashboard.html", context)
+
+
+def collect(principal: Principal, business: uuid.UUID | None, limit: int) -> dict[str, Any]:
+    """Everything the page shows, read in one transaction as ``principal``."""
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=6)
+    with read_session(principal) as session:
+        stores = v1_queries.store_status(session, business)
+        archive = dead_letter.list_entries(
+            ArchiveFilter(business_id=business, limit=limit), session=session
+        )
+        alerts = v1_queries.alerts(session, business, None, limit)
+        table = SystemHealthMetric
+        names = session.execute(
+            select(table.metric_name, func.count())
+            .where(
+                table.measured_at >= since,
+                table.business_id.is_(None) if business is None else table.business_id == business,
+            )
+            .group_by(table.metric_name)
+            .order_by(func.count().desc(), table.metric_name)
+            .limit(CHARTED_METRICS)
+        ).all()
+        trends = [
+            {
+                "name": name,
+                "points": [
+                    [p.bucket_start.isoformat(), p.avg, p.min, p.max]
+                    for p in metric_trend(
+                        name, since=since, until=now, business_id=business, session=session
+                    )
+                ],
+            }
+            for name, _count in names
+        ]
+        circuits = v1_queries.circuits(session, business)
+        subscriptions = v1_queries.subscriptions(session, business)
+    addresses = {s["store_id"]: s["mailbox_address"] for s in stores}
+    return {
+        "principal": principal,
+        "business_id": business,
+        "now": now,
+        "stores": stores,
+        "circuits": circuits,
+        "subscriptions": subscriptions,
+        "archive": [entry_json(e, full=False) for e in archive],
+        "alerts": alerts,
+        "trends": trends,
+        "addresses": addresses,
+        "open_alerts": sum(a["status"] == AlertStatus.OPEN for a in alerts),
+        "open_circuits": sum(c["state"] != "closed" for c in circuits),
+        "backlog": sum(s["archive_backlog"] for s in stores),
+    }
+
+
+def _when(moment: datetime | None) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM UTC`` (an em dash for none)."""
+    return "—" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _relative(moment: datetime | None) -> str:
+    """``5 min ago`` or ``in 3 h``."""
+    if moment is None:
+        return "—"
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    size = abs(seconds)
+    for unit, width in (("d", 86400), ("h", 3600), ("min", 60)):
+        if size >= width:
+            amount = f"{size / width:.0f} {unit}"
+            break
+    else:
+        amount = f"{size:.0f} s"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
+
+
+templates.env.filters["when"] = _when
+templates.env.filters["relative"] = _relative

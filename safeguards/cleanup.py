@@ -1,0 +1,299 @@
+"""Retention cleanup: rows past retention deleted in short batches, one audit row per table.
+
+Policies are data (SQL over ``:cutoff``); batches are short transactions with local timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypedDict, Unpack, cast
+
+from sqlalchemy import Connection, Engine, func, insert, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import CleanupAuditLog, CleanupOutcome
+from syncguard.db import get_engine
+from syncguard.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+#: Longest error message kept in the audit row, characters.
+MAX_ERROR_CHARS = 2_000
+
+# The outer predicate repeats the inner one on purpose: a row updated concurrently (an alert
+# reopened, an entry un-reviewed) is re-checked on its new version before it is deleted.
+_DELETE_BATCH = (
+    "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+    "SELECT ctid FROM {table} WHERE {condition} LIMIT :batch_size)) AND ({condition})"
+)
+_COUNT = "SELECT count(*) FROM {table} WHERE {condition}"
+_SET_TIMEOUTS = text(  # milliseconds: the unit of both when none is given
+    "SELECT set_config('lock_timeout', :lock, true), set_config('statement_timeout', :stmt, true)"
+)
+# ANALYZE by a non-owner only warns and does nothing: ask first (MAINTAIN exists from PG 17).
+_CAN_ANALYZE = text(
+    "SELECT pg_has_role(current_user, c.relowner, 'USAGE') OR CASE"
+    " WHEN current_setting('server_version_num')::int >= 170000"
+    " THEN has_table_privilege(c.oid, 'MAINTAIN') ELSE false END"
+    " FROM pg_class c WHERE c.oid = CAST(:table AS regclass)"
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Rows matching ``condition`` (SQL over ``:cutoff``) once older than the setting's days."""
+
+    condition: str
+    retention_days: Callable[[Settings], int]
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """What one table keeps; its rules are applied one after another, one audit row in all."""
+
+    table: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """One table's outcome in one run; in a dry run ``rows_deleted`` is what would be deleted."""
+
+    run_id: uuid.UUID
+    table: str
+    outcome: CleanupOutcome
+    rows_deleted: int
+    duration_ms: int
+    #: Duration of each batch that deleted rows, including its commit, milliseconds.
+    batch_ms: tuple[float, ...] = ()
+    #: False when the budget ran out before every row past retention was deleted.
+    complete: bool = True
+    analyzed: bool = False
+    error_message: str | None = None
+
+    @property
+    def max_batch_ms(self) -> float:
+        """The longest batch, milliseconds (0 without batches)."""
+        return max(self.batch_ms, default=0.0)
+
+
+class CleanupOptions(TypedDict, total=False):
+    """The keyword options every cleanup function takes (see ``apply_policy``)."""
+
+    dry_run: bool
+    now: datetime | None
+    run_id: uuid.UUID | None
+    settings: Settings | None
+    engine: Engine | None
+
+
+def within_budget(batches: int, elapsed_s: float, settings: Settings) -> bool:
+    """Whether a table that ran ``batches`` in ``elapsed_s`` may run another batch."""
+    max_batches, max_s = settings.cleanup_max_batches, settings.cleanup_max_seconds_per_table
+    return batches < max_batches and elapsed_s < max_s
+
+
+# fmt: off
+#: Successful deliveries, then failed ones, each past its own retention.
+DELIVERY_LOG = RetentionPolicy("webhook_delivery_log", (
+    Rule("success AND created_at < :cutoff",
+         lambda s: s.cleanup_delivery_success_retention_days),
+    Rule("NOT success AND created_at < :cutoff",
+         lambda s: s.cleanup_delivery_failure_retention_days),
+))
+#: Exhausted outbound deliveries' dead-letter entries reviewed longer ago than retention (others
+#: wait for an operator); created_at <= reviewed_at, its predicate is for (reviewed, created_at).
+FAILED_DELIVERIES = RetentionPolicy("failed_job_archive", (
+    Rule("failure_category = 'delivery_exhausted' AND reviewed"
+         " AND created_at < :cutoff AND reviewed_at < :cutoff",
+         lambda s: s.cleanup_failed_delivery_retention_days),
+))
+#: System health metrics past retention (BRIN on measured_at).
+HEALTH_METRICS = RetentionPolicy("system_health_metrics", (
+    Rule("measured_at < :cutoff", lambda s: s.cleanup_health_metrics_retention_days),
+))
+#: Subscription health readings past retention.
+WEBHOOK_HEALTH = RetentionPolicy("webhook_health_log", (
+    Rule("checked_at < :cutoff", lambda s: s.cleanup_webhook_health_retention_days),
+))
+#: Alerts resolved longer ago than retention (open ones stay); raised_at <= resolved_at, its
+#: predicate is for the (status, raised_at) index.
+RESOLVED_ALERTS = RetentionPolicy("alerts", (
+    Rule("status = 'resolved' AND raised_at < :cutoff AND resolved_at < :cutoff",
+         lambda s: s.cleanup_resolved_alert_retention_days),
+))
+# fmt: on
+
+
+def apply_policy(
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    run_id: uuid.UUID | None = None,
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+) -> CleanupResult:
+    """Delete (or count) ``policy``'s rows past retention and write its one audit row."""
+    engine, settings = engine or get_engine(), settings or get_settings()
+    reference = now or _database_now(engine)
+    cutoffs = [reference - timedelta(days=rule.retention_days(settings)) for rule in policy.rules]
+    started, done, counted = time.monotonic(), list[tuple[int, float]](), 0
+    outcome = CleanupOutcome.DRY_RUN if dry_run else CleanupOutcome.SUCCESS
+    error, complete, analyzed = None, True, False
+    try:
+        if dry_run:
+            counted = _count(engine, policy, cutoffs, settings)
+        else:
+            complete = _delete(engine, policy, cutoffs, settings, done)
+            if sum(rows for rows, _ in done) >= settings.cleanup_analyze_after_rows:
+                analyzed = _analyze(engine, policy.table, settings)
+    except SQLAlchemyError as exc:
+        # One table failing must not stop the others: record it, loudly, and move on.
+        log.exception("cleanup of %s failed after %d batches", policy.table, len(done))
+        outcome, error, complete = CleanupOutcome.FAILED, _describe(exc), False
+    rows_deleted = counted + sum(rows for rows, _ in done)
+    duration_ms = round((time.monotonic() - started) * 1000)
+    result = CleanupResult(
+        run_id or uuid.uuid4(), policy.table, outcome, rows_deleted, duration_ms,
+        tuple(ms for _, ms in done), complete, analyzed, error,
+    )  # fmt: skip
+    _write_audit(engine, result)
+    return result
+
+
+def cleanup_webhook_delivery_logs(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """Successful deliveries older than 7 days and failed ones older than 30 (settings)."""
+    return apply_policy(DELIVERY_LOG, **options)
+
+
+def cleanup_failed_webhook_deliveries(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """Reviewed dead-letter entries of exhausted deliveries, 30 days after review (a setting)."""
+    return apply_policy(FAILED_DELIVERIES, **options)
+
+
+def cleanup_old_health_metrics(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """System health metrics older than 90 days (a setting)."""
+    return apply_policy(HEALTH_METRICS, **options)
+
+
+def cleanup_webhook_health_logs(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """Subscription health readings older than their retention (a setting)."""
+    return apply_policy(WEBHOOK_HEALTH, **options)
+
+
+def cleanup_resolved_alerts(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """Alerts resolved longer ago than their retention (a setting)."""
+    return apply_policy(RESOLVED_ALERTS, **options)
+
+
+#: Every policy ``run_all_cleanup_tasks`` applies, in order (one per cleanup function above).
+POLICIES = (DELIVERY_LOG, FAILED_DELIVERIES, HEALTH_METRICS, WEBHOOK_HEALTH, RESOLVED_ALERTS)
+
+
+def run_all_cleanup_tasks(
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+) -> list[CleanupResult]:
+    """Run every cleanup under one run id and one reference time; a failure stays its table's."""
+    engine = engine or get_engine()
+    now, run_id = now or _database_now(engine), uuid.uuid4()
+    return [
+        apply_policy(
+            policy, dry_run=dry_run, now=now, run_id=run_id, settings=settings, engine=engine
+        )
+        for policy in POLICIES
+    ]
+
+
+def _database_now(engine: Engine) -> datetime:
+    with engine.connect() as conn:
+        return cast(datetime, conn.execute(text("SELECT now()")).scalar_one())
+
+
+def _set_timeouts(conn: Connection, settings: Settings) -> None:
+    lock_ms, statement_ms = settings.cleanup_lock_timeout_ms, settings.cleanup_statement_timeout_ms
+    conn.execute(_SET_TIMEOUTS, {"lock": str(lock_ms), "stmt": str(statement_ms)})
+
+
+def _count(
+    engine: Engine, policy: RetentionPolicy, cutoffs: list[datetime], settings: Settings
+) -> int:
+    total = 0
+    with engine.begin() as conn:
+        _set_timeouts(conn, settings)
+        for rule, before in zip(policy.rules, cutoffs, strict=True):
+            statement = text(_COUNT.format(table=policy.table, condition=rule.condition))
+            total += conn.execute(statement, {"cutoff": before}).scalar_one()
+    return total
+
+
+def _delete(
+    engine: Engine,
+    policy: RetentionPolicy,
+    cutoffs: list[datetime],
+    settings: Settings,
+    done: list[tuple[int, float]],
+) -> bool:
+    """Append (rows, ms) per batch to ``done``; True once nothing is left, False out of budget."""
+    started, batch_size = time.monotonic(), settings.cleanup_batch_size
+    for rule, before in zip(policy.rules, cutoffs, strict=True):
+        statement = text(_DELETE_BATCH.format(table=policy.table, condition=rule.condition))
+        params, deleted = {"cutoff": before, "batch_size": batch_size}, batch_size
+        while deleted == batch_size:
+            if not within_budget(len(done), time.monotonic() - started, settings):
+                log.warning("cleanup of %s ran out of budget; the next run goes on", policy.table)
+                return False
+            batch_started = time.perf_counter()
+            with engine.begin() as conn:  # one short transaction per batch
+                _set_timeouts(conn, settings)
+                deleted = conn.execute(statement, params).rowcount
+            if deleted:
+                done.append((deleted, (time.perf_counter() - batch_started) * 1000))
+    return True
+
+
+def _analyze(engine: Engine, table: str, settings: Settings) -> bool:
+    try:
+        with engine.begin() as conn:
+            if not conn.execute(_CAN_ANALYZE, {"table": table}).scalar_one():
+                log.warning("cleanup: this role may not ANALYZE %s (needs MAINTAIN)", table)
+                return False
+            _set_timeouts(conn, settings)
+            conn.execute(text(f"ANALYZE {table}"))
+    except SQLAlchemyError:
+        # The rows are gone either way; autovacuum's own analyze will catch up.
+        log.warning("cleanup: ANALYZE %s failed", table, exc_info=True)
+        return False
+    return True
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    return f"{type(cause).__name__}: {cause}".strip()[:MAX_ERROR_CHARS]
+
+
+def _write_audit(engine: Engine, result: CleanupResult) -> None:
+    statement = insert(CleanupAuditLog).values(
+        run_id=result.run_id,
+        table_name=result.table,
+        rows_deleted=result.rows_deleted,
+        duration_ms=result.duration_ms,
+        outcome=result.outcome,
+        error_message=result.error_message,
+        started_at=func.clock_timestamp() - timedelta(milliseconds=result.duration_ms),
+        finished_at=func.clock_timestamp(),
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(statement)
+    except SQLAlchemyError:
+        log.exception("cleanup: no audit row for %s in run %s", result.table, result.run_id)
