@@ -68,6 +68,8 @@ class Alert(Base):
             postgresql_where=text("status = 'open'"),
         ),
         Index("ix_alerts_status_raised_at", "status", "raised_at"),
+        # Retention deletes resolved alerts by age.
+        Index("ix_alerts_resolved_at", "resolved_at", postgresql_where=text("status = 'resolved'")),
     )
 
     id: Mapped[uuidpk]

@@ -90,6 +90,7 @@ class WebhookDeliveryLog(Base):
     __table_args__ = (
         Index("ix_webhook_delivery_log_store_id_created_at", "store_id", "created_at"),
         Index("ix_webhook_delivery_log_success_created_at", "success", "created_at"),
+        Index("ix_webhook_delivery_log_direction_created_at", "direction", "created_at"),
     )
 
     id: Mapped[uuidpk]

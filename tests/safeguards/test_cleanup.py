@@ -219,7 +219,7 @@ def test_a_failing_table_is_recorded_and_the_others_are_cleaned(
 
 
 def test_a_large_delete_runs_in_short_batches_while_the_table_stays_usable(
-    engine: Engine, superuser: Engine, now: datetime
+    engine: Engine, now: datetime
 ) -> None:
     total, batch_size = 300_000, 7_000
     with engine.begin() as conn:
@@ -230,10 +230,6 @@ def test_a_large_delete_runs_in_short_batches_while_the_table_stays_usable(
             ),
             {"at": now - timedelta(days=10), "n": total},
         )
-    role, can_grant_maintain = get_settings().db_service_role, _server_version(superuser) >= 170000
-    if can_grant_maintain:  # PostgreSQL 17+: the service role may ANALYZE without owning
-        with superuser.connect() as conn:
-            conn.execute(text(f"GRANT MAINTAIN ON webhook_delivery_log TO {role}"))
     settings = _settings(cleanup_batch_size=batch_size, cleanup_max_seconds_per_table=600.0)
     outcome: dict[str, Any] = {}
     cleaner = threading.Thread(
@@ -244,14 +240,11 @@ def test_a_large_delete_runs_in_short_batches_while_the_table_stays_usable(
 
     reads = _read_while(engine, cleaner)
 
-    if can_grant_maintain:
-        with superuser.connect() as conn:
-            conn.execute(text(f"REVOKE MAINTAIN ON webhook_delivery_log FROM {role}"))
     result = outcome["result"]
     assert result.outcome is CleanupOutcome.SUCCESS and result.complete
     assert result.rows_deleted == total
     assert len(result.batch_ms) == math.ceil(total / batch_size)
-    assert result.analyzed is can_grant_maintain
+    assert result.analyzed  # as the owner, through syncguard_analyze
     assert reads["count"] >= 1 and reads["written"] >= 1  # never blocked past lock_timeout
     print(  # the measured figures; speed is asserted nowhere (bench/ measures it)
         f"\n{len(result.batch_ms)} batches of {batch_size}: max {result.max_batch_ms:.1f} ms,"
@@ -279,11 +272,6 @@ def _read_while(engine: Engine, worker: threading.Thread) -> dict[str, int]:
             done["written"] += 1
         worker.join()
     return done
-
-
-def _server_version(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SHOW server_version_num")).scalar_one())
 
 
 def test_a_run_out_of_budget_stops_and_the_next_run_goes_on(engine: Engine, now: datetime) -> None:
