@@ -43,7 +43,8 @@ local function purge(zkey, hkey, from)
         for _, c in ipairs(costs) do freed = freed + tonumber(c or '0') end
         redis.call('HDEL', hkey, unpack(old))
         redis.call('ZREM', zkey, unpack(old))
-        redis.call('HINCRBY', hkey, 't', -freed)
+        -- Lua renders -0 as "-0", which HINCRBY refuses: skip buckets that freed nothing.
+        if freed ~= 0 then redis.call('HINCRBY', hkey, 't', -freed) end
     end
 end
 
@@ -99,7 +100,8 @@ if mode == 'peek' or mode == 'flush' then allowed = 0 end
 local first_touch = 0
 if mode == 'hit' then
     if allowed == 1 then
-        for w = 1, 3 do
+        -- A free operation (a token refresh) takes a lease but occupies no window.
+        for w = 1, (cost > 0) and 3 or 0 do
             local zkey, hkey, length, bucket = unpack(windows[w])
             local idx = math.floor(now / bucket)
             redis.call('ZADD', zkey, idx, idx)

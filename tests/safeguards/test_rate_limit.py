@@ -278,3 +278,18 @@ def test_unreachable_redis_raises_safeguard_unavailable() -> None:
     limiter = _limiter(dead, ManualClock(START), RateLimits(10, 10, 10, 0))
     with pytest.raises(SafeguardUnavailable):
         limiter.hit(_store(), "op", provider=GMAIL)
+
+
+
+def test_free_operations_take_no_window_room_and_purge_cleanly(redis_client: redis.Redis) -> None:
+    """A cost-0 call (a token refresh) is admitted without spending; purging around it works."""
+    clock = ManualClock(START)
+    limiter = _limiter(redis_client, clock, RateLimits(100, 1000, 10_000, 0))
+    store = _store()
+    assert limiter.hit(store, "oauth.token", provider=GMAIL, cost=0).allowed
+    clock.advance(61)  # the free call's minute has passed: a purge runs with nothing to free
+    assert limiter.hit(store, "messages.get", provider=GMAIL, cost=20).allowed
+    assert _used(limiter, store) == {"minute": 20, "hour": 20, "day": 20}
+    clock.advance(2 * 86_400)
+    assert limiter.hit(store, "oauth.token", provider=GMAIL, cost=0).allowed
+    assert _used(limiter, store) == {"minute": 0, "hour": 0, "day": 0}
