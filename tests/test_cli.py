@@ -89,7 +89,7 @@ def test_sync_queues_a_job_and_folds_a_second_request_into_it(
         assert second.exit_code == 0, second.output
         assert second.output.strip() == f"folded into the pending sync of store {store_id}"
 
-        with running_worker(env=emulator_env(emulator)):
+        with running_worker(env=emulator_env(emulator), purge_first=False):
             assert wait_for_job(engine, job_id).status is SyncJobStatus.SUCCEEDED
         # The folded request arrived before the run started, so that run covered it.
         assert [j.id for j in jobs_of(engine, store_id)] == [job_id]

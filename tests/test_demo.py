@@ -108,7 +108,7 @@ def test_seeding_is_idempotent_and_the_worker_shows_every_outcome(engine: Engine
                 # Above the throttled store's 3 x 2 s Retry-After, so only the flaky store archives.
                 "SYNCGUARD_DEFER_HORIZON_S": "8",
             }
-            with running_worker(env=env):
+            with running_worker(env=env, purge_first=False):
                 _check_outcomes(engine, emulator, first)
                 subscribed = subscribe(
                     emulator.url, api_url, first, echo=lines.append, timeout_s=30

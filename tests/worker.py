@@ -26,8 +26,16 @@ def running_worker(
     concurrency: int = 2,
     pool: str = "prefork",
     env: dict[str, str] | None = None,
+    purge_first: bool = True,
 ) -> Iterator[subprocess.Popen[str]]:
-    """A worker on this run's servers (the environment conftest set), ready when yielded."""
+    """A worker on this run's servers (the environment conftest set), ready when yielded.
+
+    Test modules share one broker: messages another module left behind would otherwise run
+    here, against that module's (stopped) emulator. Queues are emptied when the worker stops,
+    and before it starts unless the test enqueued its own work first (``purge_first=False``).
+    """
+    if purge_first:
+        purge_queues()
     name = f"test-{uuid.uuid4().hex[:6]}@%h"
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "info"]
     argv += ["-P", pool, "-c", str(concurrency), "-n", name, "-Q", ",".join(QUEUE_NAMES)]
@@ -44,7 +52,15 @@ def running_worker(
         yield proc
     finally:
         stop(proc)
+        purge_queues()
         sys.stderr.write(f"[worker log: {log_path}]\n")
+
+
+def purge_queues() -> int:
+    """Drop every message waiting in this run's queues; the number dropped."""
+    from tasks import app
+
+    return int(app.control.purge())
 
 
 def stop(proc: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
