@@ -163,18 +163,19 @@ def demo(
     Waits WAIT s for the emulator to answer; subscribing needs the API and a worker running.
     """
     from syncguard import demo as seeding  # lazy: the models and the Celery app
+    from syncguard.emulator_control import DemoError, EmulatorControl
 
     settings = get_settings()
     url = emulator_url or emulator_base_url(settings)
     api = api_url or api_base_url(settings)
     _services(settings)
     try:
-        with seeding.EmulatorControl(url) as control:
+        with EmulatorControl(url) as control:
             control.wait_ready(wait_s)
         seeded = seeding.seed(url, echo=click.echo)
         click.echo(f"demo seeded: {len(seeded)} stores of {len(seeding.BUSINESSES)} businesses")
         subscribed = seeding.subscribe(url, api, seeded, echo=click.echo)
-    except (seeding.DemoError, SQLAlchemyError) as exc:
+    except (DemoError, SQLAlchemyError) as exc:
         raise click.ClickException(f"demo seeding failed: {exc}") from exc
     click.echo(f"demo: {len(subscribed)} stores event-driven (Gmail push, Graph notifications)")
     if not follow:

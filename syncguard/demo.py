@@ -20,17 +20,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from models import Business, Provider, Store, StoreStatus, SyncedMessage, SyncJob, SyncJobStatus
-from providers.oauth import OAuthCredentials
 from safeguards.circuit_breaker import reset_circuit_breaker
 from syncguard.crypto import encrypt_json
 from syncguard.db import service_session
+from syncguard.emulator_control import DemoError, EmulatorControl
 from syncguard.settings import get_settings
 
 #: Messages each demo mailbox holds after seeding.
@@ -47,10 +47,6 @@ _FINAL = (SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED)
 BUSINESSES = {"demo-bakery": "Demo Bakery", "demo-books": "Demo Books"}
 
 Echo = Callable[[str], None]
-
-
-class DemoError(RuntimeError):
-    """The demo cannot be seeded (emulator unreachable, credentials that do not match)."""
 
 
 @dataclass(frozen=True)
@@ -95,90 +91,6 @@ class SeededStore:
     spec: DemoStore
     store_id: uuid.UUID
     job_id: uuid.UUID | None
-
-
-class EmulatorControl:
-    """A client of the emulator's control API and token endpoint."""
-
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.close()
-
-    def wait_ready(self, timeout_s: float) -> None:
-        """Return once the emulator answers; DemoError after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if self._http.get("/_emulator/push").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise DemoError(f"the emulator at {self.url} did not answer within {timeout_s}s")
-            time.sleep(0.2)
-
-    def create_mailbox(self, provider: Provider, address: str) -> OAuthCredentials | None:
-        """A new mailbox's credentials, or None when the emulator already has it."""
-        body = {"provider": provider.value, "address": address}
-        reply = self._call("POST", "/_emulator/mailboxes", json=body, accept=(201, 409))
-        if reply.status_code == 409:
-            return None
-        grant = reply.json()
-        return OAuthCredentials(grant["client_id"], grant["client_secret"], grant["refresh_token"])
-
-    def credentials_work(self, credentials: OAuthCredentials) -> bool:
-        """True if the emulator's token endpoint accepts ``credentials``."""
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": credentials.refresh_token,
-            "client_id": credentials.client_id,
-            "client_secret": credentials.client_secret,
-        }
-        reply = self._call("POST", "/oauth2/token", data=form, accept=(200, 400, 401))
-        return reply.status_code == 200
-
-    def push_settings(self) -> dict[str, Any]:
-        """Where the emulator sends Gmail pushes, and the identity it signs them with."""
-        settings: dict[str, Any] = self._call("GET", "/_emulator/push").json()
-        return settings
-
-    def set_push(self, gmail_push_url: str, service_account_email: str | None = None) -> None:
-        """Send Gmail pushes to ``gmail_push_url`` (and sign them as the given account)."""
-        body = {"gmail_push_url": gmail_push_url}
-        if service_account_email:
-            body["service_account_email"] = service_account_email
-        self._call("PUT", "/_emulator/push", json=body)
-
-    def message_count(self, address: str) -> int:
-        """How many messages the mailbox holds."""
-        return len(self._call("GET", f"/_emulator/mailboxes/{address}").json()["messages"])
-
-    def add_message(self, address: str, subject: str, sender: str) -> str:
-        """Add an unread inbox message; returns its id."""
-        body = {"subject": subject, "sender": sender}
-        reply = self._call("POST", f"/_emulator/mailboxes/{address}/messages", json=body)
-        return str(reply.json()["id"])
-
-    def set_faults(self, address: str, faults: dict[str, Any]) -> None:
-        """Replace the mailbox's faults ({} clears them)."""
-        self._call("PUT", f"/_emulator/mailboxes/{address}/faults", json=faults)
-
-    def _call(
-        self, method: str, path: str, *, accept: tuple[int, ...] = (200, 201), **kwargs: Any
-    ) -> httpx.Response:
-        try:
-            reply = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise DemoError(f"emulator at {self.url} unreachable: {exc}") from exc
-        if reply.status_code not in accept:
-            raise DemoError(f"emulator {method} {path} answered {reply.status_code}: {reply.text}")
-        return reply
 
 
 def seed(emulator_url: str, echo: Echo = print) -> list[SeededStore]:
