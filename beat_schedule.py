@@ -36,46 +36,38 @@ RETENTION_CLEANUP_AT = crontab(hour=3, minute=30)
 #: A cleanup no worker picked up within this long waits for the next day's, seconds.
 RETENTION_CLEANUP_EXPIRES_S = 12 * 3600.0
 
+
+def _every(task: str, seconds: float, queue: str) -> dict[str, Any]:
+    """An entry run every ``seconds``; a run nobody picked up within one period expires.
+
+    Expiring keeps an outage from leaving a backlog of stale periodic runs behind it.
+    """
+    return {"task": task, "schedule": seconds, "options": {"queue": queue, "expires": seconds}}
+
+
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "maintenance.heartbeat": {
-        "task": "tasks.maintenance.heartbeat",
-        "schedule": HEARTBEAT_EVERY_S,
-        # A heartbeat nobody ran in time is stale: expire it so an outage does not leave a backlog.
-        "options": {"queue": MAINTENANCE, "expires": HEARTBEAT_EVERY_S},
-    },
-    "maintenance.mirror_safeguard_state": {
-        "task": "tasks.maintenance.mirror_safeguard_state",
-        "schedule": MIRROR_SAFEGUARDS_EVERY_S,
-        "options": {"queue": MAINTENANCE, "expires": MIRROR_SAFEGUARDS_EVERY_S},
-    },
-    "webhooks.renew_expiring_subscriptions": {
-        "task": "tasks.webhooks.renew_expiring_subscriptions",
-        "schedule": RENEW_SUBSCRIPTIONS_EVERY_S,
-        "options": {"queue": WEBHOOKS, "expires": RENEW_SUBSCRIPTIONS_EVERY_S},
-    },
-    "webhooks.check_subscription_health": {
-        "task": "tasks.webhooks.check_subscription_health",
-        "schedule": CHECK_SUBSCRIPTION_HEALTH_EVERY_S,
-        "options": {"queue": WEBHOOKS, "expires": CHECK_SUBSCRIPTION_HEALTH_EVERY_S},
-    },
-    "maintenance.collect_metrics": {
-        "task": "tasks.maintenance.collect_metrics",
-        "schedule": COLLECT_METRICS_EVERY_S,
-        "options": {"queue": MAINTENANCE, "expires": COLLECT_METRICS_EVERY_S},
-    },
-    "alerting.evaluate_alerts": {
-        "task": "tasks.alerting.evaluate_alerts",
-        "schedule": EVALUATE_ALERTS_EVERY_S,
-        "options": {"queue": MAINTENANCE, "expires": EVALUATE_ALERTS_EVERY_S},
-    },
+    "maintenance.heartbeat": _every("tasks.maintenance.heartbeat", HEARTBEAT_EVERY_S, MAINTENANCE),
+    "maintenance.mirror_safeguard_state": _every(
+        "tasks.maintenance.mirror_safeguard_state", MIRROR_SAFEGUARDS_EVERY_S, MAINTENANCE
+    ),
+    "webhooks.renew_expiring_subscriptions": _every(
+        "tasks.webhooks.renew_expiring_subscriptions", RENEW_SUBSCRIPTIONS_EVERY_S, WEBHOOKS
+    ),
+    "webhooks.check_subscription_health": _every(
+        "tasks.webhooks.check_subscription_health", CHECK_SUBSCRIPTION_HEALTH_EVERY_S, WEBHOOKS
+    ),
+    "maintenance.collect_metrics": _every(
+        "tasks.maintenance.collect_metrics", COLLECT_METRICS_EVERY_S, MAINTENANCE
+    ),
+    "alerting.evaluate_alerts": _every(
+        "tasks.alerting.evaluate_alerts", EVALUATE_ALERTS_EVERY_S, MAINTENANCE
+    ),
+    "maintenance.reconcile_stores": _every(
+        "tasks.webhooks.reconcile_stores", RECONCILE_STORES_EVERY_S, MAINTENANCE
+    ),
     "maintenance.run_all_cleanup_tasks": {
         "task": "tasks.maintenance.run_all_cleanup_tasks",
         "schedule": RETENTION_CLEANUP_AT,
         "options": {"queue": MAINTENANCE, "expires": RETENTION_CLEANUP_EXPIRES_S},
-    },
-    "maintenance.reconcile_stores": {
-        "task": "tasks.webhooks.reconcile_stores",
-        "schedule": RECONCILE_STORES_EVERY_S,
-        "options": {"queue": MAINTENANCE, "expires": RECONCILE_STORES_EVERY_S},
     },
 }
