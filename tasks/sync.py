@@ -96,8 +96,9 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     finally:
         client.close()
     if not progress.done:
-        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
+        # Queued first: the continuation may start (and mark it running) at once.
         set_status(job.id, SyncJobStatus.QUEUED)
+        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
         return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
     set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
     _release(store_uuid, job.id)
