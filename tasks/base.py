@@ -119,10 +119,11 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             raise reason
         countdown = self._deferral_countdown(reason, int(headers.get(DEFERRALS) or 0))
         headers.update({DEFERRED_SINCE: since, DEFERRALS: int(headers.get(DEFERRALS) or 0) + 1})
+        # The hook runs first: once published, the job may start again at once.
+        self.on_deferred(reason, countdown)
         self.signature_from_request(
             request, countdown=countdown, retries=request.retries, headers=headers
         ).apply_async()
-        self.on_deferred(reason, countdown)
         raise Retry(f"deferred {countdown:.2f}s: {reason}", reason, when=countdown)
 
     def archive(self, exc: BaseException, category: FailureCategory) -> uuid.UUID:
@@ -172,7 +173,10 @@ class SafeguardedTask(Task):  # type: ignore[misc]
         }
 
     def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
-        """Hook: the job was deferred by ``countdown_s`` seconds."""
+        """Hook: the job is about to be re-published ``countdown_s`` seconds out (no retry)."""
+
+    def on_retrying(self, exc: Exception, countdown_s: float) -> None:
+        """Hook: the job is about to be retried ``countdown_s`` seconds out."""
 
     def on_archived(
         self, entry_id: uuid.UUID, category: FailureCategory, exc: BaseException
@@ -191,6 +195,7 @@ class SafeguardedTask(Task):  # type: ignore[misc]
                 base_s=self.retry_backoff_base_s,
                 max_backoff_s=get_settings().max_backoff_s,
             )
+            self.on_retrying(exc, countdown)
             raise self.retry(exc=exc, countdown=countdown)
         failure = self.classify(exc)
         self.archive(exc, failure.category if failure else FailureCategory.UNKNOWN)

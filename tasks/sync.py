@@ -53,11 +53,9 @@ class SyncTask(SafeguardedTask):
         if (job_id := job_for_task(self.request.id)) is not None:
             count_deferral(job_id, f"deferred {countdown_s:.1f}s: {reason}")
 
-    def on_retry(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
+    def on_retrying(self, exc: Exception, countdown_s: float) -> None:
         """Show the failed attempt on the job; the lease stays with it until it comes back."""
-        if (job_id := job_for_task(task_id)) is not None:
+        if (job_id := job_for_task(self.request.id)) is not None:
             set_status(job_id, SyncJobStatus.QUEUED, error_message=str(exc)[:2000])
 
     def on_archived(
