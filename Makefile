@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/syncguard up
 
-## test: the whole suite against real PostgreSQL and Redis
-test: $(STAMP)
+## browser: Debian's chromium for the dashboard's browser test (no browser download works here)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+## test: the whole suite against real PostgreSQL and Redis (and headless chromium)
+test: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## lint: ruff and mypy --strict on the packages
