@@ -280,7 +280,6 @@ def test_unreachable_redis_raises_safeguard_unavailable() -> None:
         limiter.hit(_store(), "op", provider=GMAIL)
 
 
-
 def test_free_operations_take_no_window_room_and_purge_cleanly(redis_client: redis.Redis) -> None:
     """A cost-0 call (a token refresh) is admitted without spending; purging around it works."""
     clock = ManualClock(START)

@@ -10,7 +10,15 @@ import pytest
 from celery.result import AsyncResult
 from sqlalchemy import Engine, text
 
-from models import FailureCategory, Provider, Store, StoreStatus, SyncJobStatus, SyncKind
+from models import (
+    FailureCategory,
+    Provider,
+    Store,
+    StoreStatus,
+    SyncJob,
+    SyncJobStatus,
+    SyncKind,
+)
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
 from syncguard.db import service_session
@@ -173,6 +181,8 @@ def test_a_burst_of_requests_while_syncing_causes_one_follow_up(
     mailbox.faults(slow_ms=300)  # the first sync outlasts the 50 requests by far
     first = request_sync(store_id)
     assert first is not None
+    # Requests that arrive before the run starts are covered by it; these arrive during it.
+    eventually(lambda: _status(engine, first) is SyncJobStatus.RUNNING)
     folded = [request_sync(store_id) for _ in range(50)]
     assert folded == [None] * 50
 
@@ -213,3 +223,9 @@ def test_syncs_and_archived_jobs_are_announced_signed_to_the_business(
 
 def _events(receiver: ScriptedServer, event_type: str) -> list[Seen]:
     return [r for r in receiver.requests if json.loads(r.body)["type"] == event_type]
+
+
+def _status(engine: Engine, job_id: uuid.UUID) -> SyncJobStatus | None:
+    with service_session(engine) as session:
+        job = session.get(SyncJob, job_id)
+        return job.status if job else None
