@@ -17,7 +17,8 @@ app = Celery("syncguard", include=TASK_MODULES)
 # Lazy: the configuration (and any embedded server it needs) loads on first use, not on import.
 app.config_from_object("celeryconfig")
 
-# Registers the hooks that redact every published message's display copy of its arguments.
-from tasks import redaction_hooks  # noqa: E402, F401
+# Hooks every process needs once the app exists: redacted argument reprs on every published
+# message, and fresh database connections in each forked worker child.
+from tasks import process_hooks, redaction_hooks  # noqa: E402, F401
 
 __all__ = ["TASK_MODULES", "app"]

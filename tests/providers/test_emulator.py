@@ -6,7 +6,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from fastapi.responses import PlainTextResponse
 
 from providers.emulator import EmulatorConfig, EmulatorHandle, running_emulator
 from providers.emulator.runner import start_background
+from tests.sync_support import eventually
 
 GMAIL = "/gmail/v1/users/me"
 CONFIG = EmulatorConfig(gmail_push_min_interval_s=0.5)
@@ -66,13 +67,6 @@ class Receiver:
     def clear(self) -> None:
         with self.lock:
             self.calls.clear()
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +383,7 @@ def test_graph_subscription_handshake_notifications_and_lifecycle(
     client.delete(f"/v1.0/subscriptions/{short['id']}", headers=auth)
 
     message = add(client, "sub@shop.test")
-    wait_for(lambda: len(receiver.received("graph")) == 1)
+    eventually(lambda: len(receiver.received("graph")) == 1)
     note = receiver.received("graph")[0]
     assert note["query"] == {"store": "7"}
     value = note["json"]["value"][0]
@@ -409,7 +403,7 @@ def test_graph_subscription_handshake_notifications_and_lifecycle(
         f"/_emulator/subscriptions/{sub['id']}/lifecycle", json={"event": "reauthorizationRequired"}
     )
     assert event.status_code == 202
-    wait_for(lambda: len(receiver.received("lifecycle")) == 1)
+    eventually(lambda: len(receiver.received("lifecycle")) == 1)
     life = receiver.received("lifecycle")[0]["json"]["value"][0]
     assert life["lifecycleEvent"] == "reauthorizationRequired"
     assert life["subscriptionId"] == sub["id"]
@@ -536,7 +530,7 @@ def test_gmail_push_signed_jwt_and_coalescing(
         json={"topicName": "projects/p/topics/gmail", "labelIds": ["INBOX"]},
     )
     assert watch.status_code == 200 and int(watch.json()["expiration"]) > time.time() * 1000
-    wait_for(lambda: len(receiver.received("gmail")) == 1)
+    eventually(lambda: len(receiver.received("gmail")) == 1)
 
     push = receiver.received("gmail")[0]
     scheme, _, token = push["headers"]["authorization"].partition(" ")
@@ -558,7 +552,7 @@ def test_gmail_push_signed_jwt_and_coalescing(
 
     for _ in range(4):  # a burst inside the 0.5 s window coalesces into one more push
         add(client, "push@shop.test")
-    wait_for(lambda: len(receiver.received("gmail")) == 2)
+    eventually(lambda: len(receiver.received("gmail")) == 2)
     time.sleep(0.7)
     pushes = receiver.received("gmail")
     assert len(pushes) == 2
@@ -586,7 +580,7 @@ def test_push_audience_is_configurable(
         headers={"Authorization": box["auth"]},
         json={"topicName": "projects/p/topics/gmail"},
     )
-    wait_for(lambda: len(receiver.received("gmail")) == 1)
+    eventually(lambda: len(receiver.received("gmail")) == 1)
     token = receiver.received("gmail")[0]["headers"]["authorization"].split(" ")[1]
     key = jwt.PyJWKClient(f"{emulator.url}/_emulator/oauth2/v3/certs").get_signing_key_from_jwt(
         token
@@ -602,7 +596,7 @@ def test_drop_and_duplicate_notifications(client: httpx.Client, receiver: Receiv
     faults(client, "dd@shop.test", drop_notifications={"count": 1})
     dropped = add(client, "dd@shop.test")["id"]
     kept = add(client, "dd@shop.test")["id"]
-    wait_for(lambda: len(receiver.received("dd")) == 1)
+    eventually(lambda: len(receiver.received("dd")) == 1)
     time.sleep(0.2)
     ids = [c["json"]["value"][0]["resourceData"]["id"] for c in receiver.received("dd")]
     assert ids == [kept] and dropped not in ids
@@ -613,7 +607,7 @@ def test_drop_and_duplicate_notifications(client: httpx.Client, receiver: Receiv
     receiver.clear()
     faults(client, "dd@shop.test", duplicate_notifications=True)
     twice = add(client, "dd@shop.test")["id"]
-    wait_for(lambda: len(receiver.received("dd")) == 2)
+    eventually(lambda: len(receiver.received("dd")) == 2)
     ids = [c["json"]["value"][0]["resourceData"]["id"] for c in receiver.received("dd")]
     assert ids == [twice, twice]
 
