@@ -75,4 +75,4 @@ timezone = "UTC"
 enable_utc = True
 beat_schedule = BEAT_SCHEDULE
 # Two Beats started by mistake still run each entry once per period (a claim in Redis).
-beat_scheduler = "syncguard.beat:DedupingScheduler"
+beat_scheduler = "tasks.beat:DedupingScheduler"

@@ -19,8 +19,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
+from api.api_keys import Principal, verify
 from api.errors import OUTAGE_ERRORS
-from syncguard.api_keys import Principal, verify
 from syncguard.db import service_session, tenant_session
 from syncguard.settings import Settings
 

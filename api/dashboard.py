@@ -18,14 +18,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
-from api import v1_queries
+from api.api_keys import Principal, verify
 from api.auth import authenticate, read_session, scope, settings_of
-from api.v1_archive import entry_json
+from api.v1 import queries as v1_queries
+from api.v1.archive import entry_json
 from models import AlertStatus, SystemHealthMetric
 from safeguards import dead_letter
-from safeguards.dead_letter import ArchiveFilter
-from safeguards.metrics_trends import metric_trend
-from syncguard.api_keys import Principal, verify
+from safeguards.dead_letter.archive import ArchiveFilter
+from safeguards.health_metrics.trends import metric_trend
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")

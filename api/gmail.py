@@ -16,9 +16,9 @@ from api.intake import Intake, answer, clean_id, parse_json, read_intake, record
 from api.lookups import gmail_store, touch_gmail_watch
 from api.push_auth import PushTokenVerifier
 from models import SyncTrigger
-from safeguards.prometheus import count_webhook
+from safeguards.health_metrics.prometheus import count_webhook
 from syncguard.db import service_session
-from tasks.sync_requests import request_sync
+from tasks.sync.requests import request_sync
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import text
 
-from safeguards.prometheus import RedisCounterCollector
-from safeguards.queue_depth import queue_depths
+from safeguards.health_metrics.prometheus import RedisCounterCollector
+from safeguards.health_metrics.queue_depth import queue_depths
 from syncguard.db import service_session
 from tasks import app as celery_app
 from tasks.queues import QUEUE_NAMES

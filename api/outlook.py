@@ -30,10 +30,10 @@ from api.graph_items import (
 from api.intake import Intake, answer, json_error, parse_json, read_intake, record
 from api.lookups import outlook_subscriptions, touch_subscriptions
 from models import SyncTrigger
-from safeguards.prometheus import count_webhook
+from safeguards.health_metrics.prometheus import count_webhook
 from syncguard.db import service_session
 from tasks import app as celery_app
-from tasks.sync_requests import request_sync
+from tasks.sync.requests import request_sync
 
 #: Celery tasks (by name: tasks/webhooks.py) that answer lifecycle events about a subscription.
 LIFECYCLE_TASKS = {

@@ -23,8 +23,8 @@ from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from models import Provider
-from safeguards.limits import RateLimits
-from safeguards.rate_limit import RateLimiter
+from safeguards.rate_limit.limiter import RateLimiter
+from safeguards.rate_limit.limits import RateLimits
 from safeguards.redis_state import get_redis
 from syncguard.services import ensure_services
 from syncguard.settings import get_settings
@@ -40,7 +40,7 @@ class _NoStoreOverrides:
         return Provider.GMAIL
 
     def overrides(self, store_id: str) -> object:
-        from safeguards.limits import LimitOverrides
+        from safeguards.rate_limit.limits import LimitOverrides
 
         return LimitOverrides()
 

@@ -3,8 +3,8 @@
 Any code may call them; ``tasks.base.SafeguardedTask`` is their main user.
 """
 
-from safeguards.circuit_breaker import check_circuit_breaker, record_circuit_breaker_result
-from safeguards.dead_letter import (
+from safeguards.circuit_breaker.breaker import check_circuit_breaker, record_circuit_breaker_result
+from safeguards.dead_letter.archive import (
     ArchivedJob,
     ArchiveFilter,
     discard,
@@ -15,7 +15,7 @@ from safeguards.dead_letter import (
     review,
 )
 from safeguards.delivery_log import log_webhook_delivery
-from safeguards.rate_limit import check_rate_limit, record_rate_limit_request
+from safeguards.rate_limit.limiter import check_rate_limit, record_rate_limit_request
 
 __all__ = [
     "ArchiveFilter",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import redis
 from redis.commands.core import Script
@@ -35,19 +37,34 @@ def key(kind: str, scope: str, *parts: str) -> str:
     return f"{base}:{tail}" if tail else base
 
 
-@cache
-def _source(name: str) -> str:
-    return resources.files("safeguards").joinpath("lua", f"{name}.lua").read_text()
+@dataclass(frozen=True)
+class LuaScript:
+    """A Lua script kept in ``<package>/<name>.lua``, beside the Python that runs it."""
+
+    package: str
+    name: str
+
+    @cached_property
+    def source(self) -> str:
+        """The script's text, read once per process."""
+        return resources.files(self.package).joinpath(f"{self.name}.lua").read_text()
+
+    def on(self, client: redis.Redis) -> Script:
+        """This script registered on ``client`` once (EVALSHA, loaded on first use)."""
+        scripts = _registered.setdefault(client, {})
+        found = scripts.get(self)
+        if found is None:
+            found = scripts[self] = client.register_script(self.source)
+        return found
 
 
-def script(client: redis.Redis, name: str) -> Script:
-    """The Lua script ``lua/<name>.lua`` registered on ``client`` (EVALSHA, loaded once)."""
-    return client.register_script(_source(name))
+#: Each client's registered scripts: registering hashes the source, so it happens once per client.
+_registered: WeakKeyDictionary[redis.Redis, dict[LuaScript, Script]] = WeakKeyDictionary()
 
 
-def run_script(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+def run_script(client: redis.Redis, lua: LuaScript, keys: list[str], args: list[Any]) -> Any:
     """Run a script in one round trip, wrapping driver errors into SafeguardUnavailable."""
     try:
-        return script(client, name)(keys=keys, args=args)
+        return lua.on(client)(keys=keys, args=args)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise SafeguardUnavailable(f"safeguard state unreachable: {exc}") from exc

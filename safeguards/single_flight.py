@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import redis
 
-from safeguards.redis_state import get_redis, key, run_script
+from safeguards.redis_state import LuaScript, get_redis, key, run_script
+
+_SCRIPT = LuaScript("safeguards", "single_flight")
 
 #: How long a run's lease lasts unless renewed, seconds.
 DEFAULT_LEASE_S = 120.0
@@ -54,7 +56,7 @@ class SingleFlight:
     def _call(self, verb: str, scope: str, owner: str) -> int:
         keys = [key(self.kind, scope, part) for part in ("pending", "lease", "dirty")]
         args = [verb, owner, int(self.lease_s * 1000), int(self.pending_ttl_s * 1000)]
-        return int(run_script(self.client or get_redis(), "single_flight", keys, args))
+        return int(run_script(self.client or get_redis(), _SCRIPT, keys, args))
 
 
 def new_owner() -> str:

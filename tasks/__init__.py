@@ -7,8 +7,8 @@ from celery import Celery
 #: Modules whose tasks every worker registers; later areas add theirs here.
 TASK_MODULES = [
     "tasks.maintenance",
-    "tasks.sync",
-    "tasks.outbound",
+    "tasks.sync.pipeline",
+    "tasks.outbound.delivery",
     "tasks.webhooks",
     "tasks.alerting",
 ]

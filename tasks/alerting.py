@@ -12,10 +12,10 @@ import uuid
 from typing import Any
 
 from models import CircuitState
-from safeguards.alert_rules import AlertThresholds, CircuitReading, circuit_alert, circuit_key
-from safeguards.alerts import evaluate, raise_alert, resolve_alert, store_business
-from safeguards.circuit_breaker import add_listener
-from safeguards.circuit_states import CircuitStats
+from safeguards.alerts.rules import AlertThresholds, CircuitReading, circuit_alert, circuit_key
+from safeguards.alerts.store import evaluate, raise_alert, resolve_alert, store_business
+from safeguards.circuit_breaker.breaker import add_listener
+from safeguards.circuit_breaker.states import CircuitStats
 from safeguards.single_flight import SingleFlight, new_owner
 from tasks import app
 from tasks.events import announce
@@ -52,7 +52,7 @@ def on_circuit_transition(
 ) -> None:
     """Raise a store circuit's alert when it opens; resolve it when it closes again."""
     if store_id is None:
-        return  # business-wide (outbound endpoint) circuits: see safeguards.alerts
+        return  # business-wide (outbound endpoint) circuits: see safeguards.alerts.store
     if new_state is CircuitState.CLOSED:
         resolve_alert(circuit_key(store_id, circuit_name))
         return

@@ -21,7 +21,7 @@ from celery.exceptions import Reject, Retry
 
 from models import FailureCategory, MetricType, Provider, Store
 from safeguards.backoff import compute_backoff
-from safeguards.dead_letter import error_context_from, move_to_dead_letter_queue
+from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
 from safeguards.errors import (
     CallFailure,
     CircuitOpen,
@@ -30,8 +30,8 @@ from safeguards.errors import (
     ThrottledFailure,
     ValidationFailure,
 )
-from safeguards.metrics import record_metric
-from safeguards.prometheus import count_task
+from safeguards.health_metrics.prometheus import count_task
+from safeguards.health_metrics.recorder import record_metric
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks.events import announce

@@ -7,8 +7,8 @@ import uuid
 from typing import Any
 
 from models import MetricType
-from safeguards.metrics import record_metric
-from tasks.outbound import publish_event
+from safeguards.health_metrics.recorder import record_metric
+from tasks.outbound.delivery import publish_event
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models import CircuitState, MetricType, Provider
-from safeguards.circuit_breaker import (
+from safeguards.circuit_breaker.breaker import (
     check_circuit_breaker,
     circuit_stats,
     record_circuit_breaker_result,
@@ -25,9 +25,13 @@ from safeguards.errors import (
     ThrottledFailure,
     TransientFailure,
 )
-from safeguards.metrics import record_metric
-from safeguards.prometheus import count_decision
-from safeguards.rate_limit import check_rate_limit, get_rate_limiter, record_rate_limit_request
+from safeguards.health_metrics.prometheus import count_decision
+from safeguards.health_metrics.recorder import record_metric
+from safeguards.rate_limit.limiter import (
+    check_rate_limit,
+    get_rate_limiter,
+    record_rate_limit_request,
+)
 from syncguard.settings import get_settings
 
 log = logging.getLogger(__name__)

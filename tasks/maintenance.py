@@ -10,10 +10,10 @@ from sqlalchemy import text
 
 from models import CleanupOutcome
 from safeguards import cleanup
-from safeguards.circuit_breaker import flush_stats_to_postgres
-from safeguards.metrics_collect import collect_metrics as write_snapshot
-from safeguards.queue_depth import queue_depths
-from safeguards.rate_limit import flush_usage_to_postgres
+from safeguards.circuit_breaker.breaker import flush_stats_to_postgres
+from safeguards.health_metrics.collect import collect_metrics as write_snapshot
+from safeguards.health_metrics.queue_depth import queue_depths
+from safeguards.rate_limit.limiter import flush_usage_to_postgres
 from syncguard.db import get_engine
 from syncguard.services import current_services
 from tasks import app

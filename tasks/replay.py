@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from safeguards.dead_letter import ArchivedJob
+from safeguards.dead_letter.archive import ArchivedJob
 from tasks import app
 
 #: Options of the original publication that a replay repeats.

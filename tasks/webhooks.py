@@ -30,9 +30,9 @@ from providers.errors import ProviderRequestError
 from providers.gmail import GmailClient
 from providers.outlook import OutlookClient
 from safeguards.errors import CallFailure, Refused, ValidationFailure
-from safeguards.health import record_subscription_health
-from safeguards.metrics import record_metric
+from safeguards.health_metrics.recorder import record_metric
 from safeguards.redis_state import get_redis, key
+from safeguards.webhook_health import record_subscription_health
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
@@ -52,7 +52,7 @@ from tasks.subscriptions import (
     set_status,
     subscription_store,
 )
-from tasks.sync_requests import request_sync
+from tasks.sync.requests import request_sync
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import redis
 from celery.beat import ScheduleEntry
 from celery.schedules import crontab, schedule
 
-from syncguard.beat import DedupingScheduler, claim_run, entry_period_s, release_run
 from tasks import app
+from tasks.beat import DedupingScheduler, claim_run, entry_period_s, release_run
 from tasks.queues import MAINTENANCE
 from tests.worker import stop
 

@@ -11,9 +11,9 @@ from sqlalchemy import Engine, select
 
 import models
 from models import Business, FailureCategory, ReviewResolution, Store, StoreStatus
-from safeguards.dead_letter import get_entry, move_to_dead_letter_queue
-from syncguard.cli import main
-from syncguard.cli_status import SEED_QUERIES
+from safeguards.dead_letter.archive import get_entry, move_to_dead_letter_queue
+from syncguard.cli.main import main
+from syncguard.cli.status import SEED_QUERIES
 from syncguard.db import service_session
 from tests.factories import make_business, make_store
 from tests.models.test_seed_status_sql import SEED_QUERIES as SEED_DOC_QUERIES

@@ -18,8 +18,7 @@ from sqlalchemy import Engine, func, select
 from models import Business, Store, StoreStatus, SyncJobStatus, SyncTrigger
 from providers.emulator.runner import EmulatorHandle, free_port, running_emulator
 from safeguards import ArchiveFilter, list_entries
-from syncguard.db import service_session
-from syncguard.demo import (
+from syncguard.cli.demo import (
     BUSINESSES,
     MESSAGES_PER_MAILBOX,
     STORES,
@@ -28,6 +27,7 @@ from syncguard.demo import (
     seed,
     subscribe,
 )
+from syncguard.db import service_session
 from tests.sync_support import FINAL, emulator_env, eventually, jobs_of, local_copy, wait_for_job
 from tests.worker import running_worker, stop
 

@@ -104,7 +104,7 @@ def test_a_new_message_reaches_the_local_copy_through_a_notification(
 ) -> None:
     store_id, mailbox = _subscribed(engine, emulator, provider)
     if provider is Provider.OUTLOOK:  # Graph sends nothing at subscription time: sync once
-        from tasks.sync_requests import request_sync
+        from tasks.sync.requests import request_sync
 
         request_sync(store_id)
     _idle(engine, store_id)
@@ -125,7 +125,7 @@ def test_a_burst_of_200_notifications_causes_at_most_two_syncs(
     engine: Engine, emulator: EmulatorHandle, provider: Provider
 ) -> None:
     store_id, mailbox = _subscribed(engine, emulator, provider)
-    from tasks.sync_requests import request_sync
+    from tasks.sync.requests import request_sync
 
     request_sync(store_id)
     _idle(engine, store_id)

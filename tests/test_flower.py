@@ -19,8 +19,8 @@ import pytest
 from safeguards.redaction import REDACTED
 from tasks import app
 from tasks.maintenance import heartbeat
-from tasks.outbound import TASK_NAME as DELIVER_EVENT
-from tasks.outbound import deliver_event
+from tasks.outbound.delivery import TASK_NAME as DELIVER_EVENT
+from tasks.outbound.delivery import deliver_event
 from tasks.queues import MAINTENANCE, WEBHOOKS
 from tasks.redaction_hooks import UNREDACTABLE, redact_message_reprs
 from tests.sync_support import eventually

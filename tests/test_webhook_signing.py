@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from syncguard.webhook_signing import (
+from tasks.outbound.signing import (
     WebhookVerificationError,
     new_secret,
     secret_key,

@@ -25,10 +25,10 @@ import websocket
 from sqlalchemy import Engine
 
 import models
-from safeguards.dead_letter import get_entry
-from safeguards.metrics import Metric, write_metrics
-from safeguards.rate_limit import get_rate_limiter
-from syncguard.api_keys import create_key
+from api.api_keys import create_key
+from safeguards.dead_letter.archive import get_entry
+from safeguards.health_metrics.recorder import Metric, write_metrics
+from safeguards.rate_limit.limiter import get_rate_limiter
 from syncguard.db import service_session
 from tests.api.test_v1 import Tenant, seed_business
 

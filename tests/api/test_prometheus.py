@@ -11,8 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from safeguards.metrics import METRICS
-from safeguards.prometheus import TASK_DURATION, CounterStore, count_task, read_family
+from safeguards.health_metrics.prometheus import (
+    TASK_DURATION,
+    CounterStore,
+    count_task,
+    read_family,
+)
+from safeguards.health_metrics.recorder import METRICS
 from safeguards.redis_state import get_redis
 from syncguard.db import service_session
 from tests import workload

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 
 import models
 from api import v1
-from safeguards.dead_letter import get_entry
-from syncguard.api_keys import create_key, revoke_key
+from api.api_keys import create_key, revoke_key
+from safeguards.dead_letter.archive import get_entry
 from syncguard.db import service_session
 from tests.api.conftest import CREATED_IDS
 from tests.factories import make_business

@@ -14,7 +14,7 @@ import redis
 from sqlalchemy import Engine, delete, select
 
 from models import Alert, AlertSeverity, AlertStatus, CircuitState, StoreStatus, WebhookEndpoint
-from safeguards.alert_rules import (
+from safeguards.alerts.rules import (
     AlertRule,
     AlertSpec,
     AlertThresholds,
@@ -30,10 +30,10 @@ from safeguards.alert_rules import (
     reauth_alert,
     subscription_health_alert,
 )
-from safeguards.alerts import raise_alert, raise_alerts, resolve_alert
+from safeguards.alerts.store import raise_alert, raise_alerts, resolve_alert
 from syncguard.db import service_session
 from syncguard.settings import get_settings
-from tasks.outbound import publish_event, register_endpoint
+from tasks.outbound.delivery import publish_event, register_endpoint
 from tasks.queues import WEBHOOKS
 from tests.factories import make_business, make_store
 
@@ -242,7 +242,7 @@ def test_a_system_alert_is_only_logged(caplog: pytest.LogCaptureFixture, engine:
     assert spec is not None
     published: list[object] = []
     try:
-        with caplog.at_level("WARNING", logger="safeguards.alerts"):
+        with caplog.at_level("WARNING", logger="safeguards.alerts.store"):
             raised = raise_alert(spec, publish=lambda *event: published.append(event))
         assert raised.new and published == []
         assert any(spec.dedup_key in r.getMessage() for r in caplog.records)

@@ -13,14 +13,14 @@ import redis
 from sqlalchemy import Engine, text
 
 from models import CircuitState
-from safeguards.circuit_breaker import (
+from safeguards.circuit_breaker.breaker import (
     CircuitBreaker,
     add_listener,
     check_circuit_breaker,
     record_circuit_breaker_result,
     remove_listener,
 )
-from safeguards.circuit_states import CircuitBreakerConfig, SlidingWindowType
+from safeguards.circuit_breaker.states import CircuitBreakerConfig, SlidingWindowType
 from safeguards.clock import ManualClock
 from safeguards.errors import SafeguardUnavailable
 from syncguard.db import service_session

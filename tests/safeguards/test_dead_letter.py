@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from models import FailureCategory, ReviewResolution
-from safeguards.dead_letter import (
+from safeguards.dead_letter.archive import (
     ArchivedJob,
     ArchiveFilter,
     discard,

@@ -18,7 +18,7 @@ from models import (
     WebhookSubscription,
 )
 from safeguards import log_webhook_delivery
-from safeguards.health import (
+from safeguards.webhook_health import (
     CONSECUTIVE_FAILURES,
     EXPIRING_WITHOUT_RENEWAL,
     REPEATED_ERROR,

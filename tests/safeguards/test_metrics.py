@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, insert, text
 from sqlalchemy.exc import OperationalError
 
 from models import MetricType, SystemHealthMetric
-from safeguards.metrics import Metric, MetricsBuffer, write_metrics
+from safeguards.health_metrics.recorder import Metric, MetricsBuffer, write_metrics
 from syncguard.db import service_session
 from tests.factories import make_business, make_store
 

@@ -30,8 +30,8 @@ from models import (
     WebhookHealthLog,
     WebhookSubscription,
 )
-from safeguards.metrics_collect import collect_metrics
-from safeguards.metrics_trends import metric_trend, trend_statement
+from safeguards.health_metrics.collect import collect_metrics
+from safeguards.health_metrics.trends import metric_trend, trend_statement
 from syncguard.db import service_session
 from tests.factories import make_business, make_store
 

@@ -17,8 +17,8 @@ from sqlalchemy import Engine, text
 from models import Provider
 from safeguards.clock import ManualClock
 from safeguards.errors import RateLimited, SafeguardUnavailable
-from safeguards.limits import HOUR, MINUTE, WINDOWS, RateLimits
-from safeguards.rate_limit import RateLimiter, record_rate_limit_request
+from safeguards.rate_limit.limiter import RateLimiter, record_rate_limit_request
+from safeguards.rate_limit.limits import HOUR, MINUTE, WINDOWS, RateLimits
 from syncguard.db import service_session
 from tests.factories import make_business, make_store
 
@@ -260,7 +260,7 @@ def test_overrides_from_the_table_take_effect(redis_client: redis.Redis, engine:
 def test_record_rate_limit_request_releases_and_throttles(engine: Engine) -> None:
     with service_session(engine) as s:
         store = str(make_store(s, make_business(s), Provider.OUTLOOK).id)
-    from safeguards.rate_limit import check_rate_limit
+    from safeguards.rate_limit.limiter import check_rate_limit
 
     clock = ManualClock(time.time())
     decision = check_rate_limit(store, "delta", clock=clock)

@@ -25,11 +25,11 @@ from models import (
     WebhookHealthLog,
     WebhookSubscription,
 )
-from safeguards.alert_rules import AlertThresholds
-from safeguards.alerts import evaluate
-from safeguards.circuit_breaker import record_circuit_breaker_result, reset_circuit_breaker
+from safeguards.alerts.rules import AlertThresholds
+from safeguards.alerts.store import evaluate
+from safeguards.circuit_breaker.breaker import record_circuit_breaker_result, reset_circuit_breaker
 from safeguards.clock import ManualClock
-from safeguards.dead_letter import move_to_dead_letter_queue
+from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from syncguard.db import service_session
 from tasks import app
 from tasks.alerting import _EVALUATION, _SCOPE, evaluate_alerts

@@ -17,7 +17,7 @@ PROBE = """
 import sys, uuid
 from models import Provider
 from safeguards.errors import RateLimited
-from safeguards.metrics import METRICS
+from safeguards.health_metrics.recorder import METRICS
 from tasks.guard import CallScope, guarded_call
 
 scope = CallScope(uuid.UUID(sys.argv[1]), Provider.GMAIL, "gmail")

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import Engine, text, update
 
 from models import WebhookEndpoint
-from safeguards.circuit_breaker import record_circuit_breaker_result, reset_circuit_breaker
+from safeguards.circuit_breaker.breaker import record_circuit_breaker_result, reset_circuit_breaker
 from syncguard.db import service_session
-from syncguard.webhook_signing import verify
-from tasks.outbound import publish_event, register_endpoint
-from tasks.outbound_schedule import countdown_s, parse_retry_after, retry_delay_s
+from tasks.outbound.delivery import publish_event, register_endpoint
+from tasks.outbound.schedule import countdown_s, parse_retry_after, retry_delay_s
+from tasks.outbound.signing import verify
 from tests.factories import make_business
 from tests.providers import Reply, ScriptedServer, Seen, scripted_server
 from tests.sync_support import eventually

@@ -13,8 +13,8 @@ from sqlalchemy import Engine, create_engine, text
 import models
 from models import FailureCategory
 from safeguards import ArchiveFilter, list_entries, record_circuit_breaker_result, replay
-from safeguards.dead_letter import ArchivedJob
-from safeguards.rate_limit import get_rate_limiter
+from safeguards.dead_letter.archive import ArchivedJob
+from safeguards.rate_limit.limiter import get_rate_limiter
 from safeguards.redis_state import get_redis, key
 from syncguard.db import service_session
 from tasks.replay import enqueue_archived

@@ -22,9 +22,9 @@ from models import (
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
 from syncguard.db import service_session
-from syncguard.webhook_signing import verify
-from tasks.outbound import register_endpoint
-from tasks.sync_requests import request_sync
+from tasks.outbound.delivery import register_endpoint
+from tasks.outbound.signing import verify
+from tasks.sync.requests import request_sync
 from tests.providers import Reply, ScriptedServer, Seen, scripted_server
 from tests.sync_support import (
     connect_store,

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from models import Provider, SyncJob, SyncJobStatus
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from syncguard.db import service_session
-from tasks.sync_requests import request_sync
+from tasks.sync.requests import request_sync
 from tests.sync_support import (
     connect_store,
     emulator_env,

@@ -24,7 +24,7 @@ from models import (
 )
 from providers.base import parse_datetime
 from providers.emulator.runner import EmulatorHandle, running_emulator, start_background
-from safeguards.health import RENEWAL_FAILING, record_subscription_health
+from safeguards.webhook_health import RENEWAL_FAILING, record_subscription_health
 from syncguard.db import service_session
 from tasks.webhooks import (
     create_subscription,

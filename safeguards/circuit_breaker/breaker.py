@@ -1,0 +1,278 @@
+"""Distributed circuit breaker per (store, circuit name): state in Redis, written through to SQL.
+
+Every decision (``allow``, ``record``, ``reset``) is one run of ``lua/circuit_breaker.lua``, so all
+workers on all hosts share one state machine.  Transitions are written to ``circuit_breaker_state``
+at once and announced to listeners in the process that caused them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from models.enums import CircuitState
+from safeguards.circuit_breaker.persistence import upsert_circuit_row
+from safeguards.circuit_breaker.states import (
+    DEFAULT_CONFIG,
+    CircuitBreakerConfig,
+    CircuitDecision,
+    CircuitId,
+    CircuitStats,
+    ScriptReply,
+    decode_text,
+    parse_reply,
+)
+from safeguards.clock import SYSTEM_CLOCK, Clock
+from safeguards.redis_state import LuaScript, get_redis, key, run_script
+from syncguard.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an untouched circuit's Redis keys live; the PostgreSQL row keeps its history.
+STATE_TTL_S = 7 * 24 * 3600
+#: Redis key kind of the state hash (the sliding window and trials use derived kinds).
+KEY_KIND = "circuit"
+_SCRIPT = LuaScript("safeguards.circuit_breaker", "circuit_breaker")
+
+#: Called as (store_id, circuit_name, old_state, new_state, stats) on every transition.
+Listener = Callable[[uuid.UUID | None, str, CircuitState, CircuitState, CircuitStats], None]
+
+#: Per-circuit-name configuration; names not listed use ``DEFAULT_CONFIG``.
+CIRCUIT_CONFIGS: dict[str, CircuitBreakerConfig] = {}
+_LISTENERS: list[Listener] = []
+
+
+def configure_circuit(circuit_name: str, config: CircuitBreakerConfig) -> None:
+    """Use ``config`` for every circuit called ``circuit_name`` (in this process)."""
+    CIRCUIT_CONFIGS[circuit_name] = config
+
+
+def add_listener(listener: Listener) -> None:
+    """Announce every transition caused in this process to ``listener``."""
+    _LISTENERS.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    """Stop announcing transitions to ``listener``."""
+    _LISTENERS.remove(listener)
+
+
+def _keys(circuit: CircuitId, config: CircuitBreakerConfig) -> list[str]:
+    scope, name = circuit.scope, circuit.circuit_name
+    window = config.sliding_window_type.value
+    # Distinct kinds, not suffixes, so a SCAN of "circuit:*" finds only the state hashes.
+    return [
+        key(KEY_KIND, scope, name),
+        key(f"{KEY_KIND}-window", scope, name, window),
+        key(f"{KEY_KIND}-window-failures", scope, name),
+        key(f"{KEY_KIND}-trials", scope, name),
+    ]
+
+
+class CircuitBreaker:
+    """The breaker's operations over one Redis client, configuration registry and clock."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: CircuitBreakerConfig = DEFAULT_CONFIG,
+        *,
+        configs: Mapping[str, CircuitBreakerConfig] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        engine: Engine | None = None,
+        write_through: bool = True,
+        listeners: Iterable[Listener] = (),
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.configs = CIRCUIT_CONFIGS if configs is None else configs
+        self.clock = clock
+        self.engine = engine
+        self.write_through = write_through
+        self.listeners = list(listeners)
+
+    def config_for(self, circuit_name: str) -> CircuitBreakerConfig:
+        """The configuration of circuits called ``circuit_name``."""
+        return self.configs.get(circuit_name, self.config)
+
+    def allow(
+        self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+    ) -> CircuitDecision:
+        """May a call go ahead now? Reserves a trial slot when the circuit is half-open."""
+        circuit = CircuitId(store_id, circuit_name, business_id)
+        return self._run(circuit, "allow").decision
+
+    def record(
+        self,
+        store_id: uuid.UUID | None,
+        circuit_name: str,
+        success: bool | None,
+        *,
+        failure_reason: str | None = None,
+        trial_token: str | None = None,
+        business_id: uuid.UUID | None = None,
+    ) -> CircuitState:
+        """Record an outcome: True success, False transient failure, None ignored (throttled...)."""
+        op = "ignored" if success is None else "success" if success else "failure"
+        circuit = CircuitId(store_id, circuit_name, business_id)
+        reply = self._run(circuit, op, trial_token=trial_token, failure_reason=failure_reason)
+        return reply.stats.state
+
+    def reset(
+        self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+    ) -> CircuitState:
+        """Operator action: close the circuit and forget its window and wait growth."""
+        circuit = CircuitId(store_id, circuit_name, business_id)
+        reply = self._run(circuit, "reset")
+        if reply.previous_state is None:  # no transition, but the operator expects a fresh row
+            self._write(circuit, reply.stats)
+        return reply.stats.state
+
+    def stats(
+        self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+    ) -> CircuitStats:
+        """The circuit's current state and counters, without changing anything."""
+        return self._run(CircuitId(store_id, circuit_name, business_id), "peek").stats
+
+    def flush_stats_to_postgres(self) -> int:
+        """Write every circuit changed since the last flush to PostgreSQL; returns how many."""
+        flushed = 0
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", get_settings().redis_prefix) + KEY_KIND + ":*"
+        for raw_key in self.client.scan_iter(match=pattern, count=1000):
+            circuit = self._circuit_of(raw_key)
+            if circuit is None:
+                continue
+            reply = self._run(circuit, "snapshot")
+            if self._write(circuit, reply.stats):
+                flushed += 1
+            else:  # keep it for the next flush
+                self.client.hset(raw_key, "dirty", 1)
+        return flushed
+
+    def _circuit_of(self, raw_key: bytes | str) -> CircuitId | None:
+        store, business, name, dirty = self.client.hmget(
+            raw_key, ["store_id", "business_id", "circuit_name", "dirty"]
+        )
+        if name is None or dirty != b"1":
+            return None
+        return CircuitId(
+            uuid.UUID(decode_text(store)) if store else None,
+            decode_text(name),
+            uuid.UUID(decode_text(business)) if business else None,
+        )
+
+    def _run(
+        self,
+        circuit: CircuitId,
+        op: str,
+        *,
+        trial_token: str | None = None,
+        failure_reason: str | None = None,
+    ) -> ScriptReply:
+        config = self.config_for(circuit.circuit_name)
+        args: list[Any] = [op, repr(self.clock.now()), *config.script_args(), STATE_TTL_S]
+        args += [trial_token or "", failure_reason or "", *self._identity(circuit)]
+        reply = parse_reply(run_script(self.client, _SCRIPT, _keys(circuit, config), args))
+        if reply.previous_state is not None:
+            self._on_transition(circuit, reply.previous_state, reply.stats)
+        return reply
+
+    @staticmethod
+    def _identity(circuit: CircuitId) -> list[str]:
+        return [str(circuit.store_id or ""), str(circuit.business_id or ""), circuit.circuit_name]
+
+    def _on_transition(self, circuit: CircuitId, old: CircuitState, stats: CircuitStats) -> None:
+        logger.info(
+            "circuit %s/%s: %s -> %s (trips %d, next attempt %s)",
+            circuit.scope,
+            circuit.circuit_name,
+            old.value,
+            stats.state.value,
+            stats.trip_count,
+            stats.next_attempt_at,
+        )
+        self._write(circuit, stats)
+        for listener in (*self.listeners, *_LISTENERS):
+            try:
+                listener(circuit.store_id, circuit.circuit_name, old, stats.state, stats)
+            except Exception:
+                # A listener (alerting, metrics) must never break the call it observes.
+                logger.exception("circuit listener %r failed", listener)
+
+    def _write(self, circuit: CircuitId, stats: CircuitStats) -> bool:
+        if not self.write_through:
+            return False
+        try:
+            upsert_circuit_row(circuit, stats, self.engine)
+        except (SQLAlchemyError, OSError):
+            # The Redis decision stands; the row is still marked dirty for the next flush.
+            logger.exception(
+                "circuit %s/%s: could not write %s to circuit_breaker_state",
+                circuit.scope,
+                circuit.circuit_name,
+                stats.state.value,
+            )
+            return False
+        return True
+
+
+def _default_breaker(clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker(get_redis(), clock=clock)
+
+
+def check_circuit_breaker(
+    store_id: uuid.UUID | None,
+    circuit_name: str,
+    *,
+    business_id: uuid.UUID | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> CircuitDecision:
+    """May a call to ``circuit_name`` of this store (or business) go ahead now?"""
+    return _default_breaker(clock).allow(store_id, circuit_name, business_id=business_id)
+
+
+def record_circuit_breaker_result(
+    store_id: uuid.UUID | None,
+    circuit_name: str,
+    success: bool | None,
+    *,
+    failure_reason: str | None = None,
+    trial_token: str | None = None,
+    business_id: uuid.UUID | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> CircuitState:
+    """Record a call's outcome (None: neither success nor failure); returns the new state."""
+    return _default_breaker(clock).record(
+        store_id,
+        circuit_name,
+        success,
+        failure_reason=failure_reason,
+        trial_token=trial_token,
+        business_id=business_id,
+    )
+
+
+def circuit_stats(
+    store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+) -> CircuitStats:
+    """The circuit's state and counters, read without reserving anything."""
+    return _default_breaker(SYSTEM_CLOCK).stats(store_id, circuit_name, business_id=business_id)
+
+
+def reset_circuit_breaker(
+    store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+) -> CircuitState:
+    """Operator action: force the circuit closed."""
+    return _default_breaker(SYSTEM_CLOCK).reset(store_id, circuit_name, business_id=business_id)
+
+
+def flush_stats_to_postgres() -> int:
+    """Mirror every changed circuit's counters to PostgreSQL (for a Beat task)."""
+    return _default_breaker(SYSTEM_CLOCK).flush_stats_to_postgres()

@@ -1,0 +1,269 @@
+"""Prometheus counters and histograms kept in Redis: every worker on every host adds to one total.
+
+Each observation is one MULTI/EXEC pipeline of HINCRBY / HINCRBYFLOAT on hashes under the
+configured key prefix (one hash tag, so it also runs on Redis Cluster). A scrape reads the hashes
+back (``RedisCounterCollector``) and adds gauges read at scrape time from PostgreSQL and the broker.
+Recording never fails the caller: when Redis is unreachable the observation is skipped, logged,
+and counted into ``system_health_metrics`` as ``prometheus_observations_lost``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from models import MetricType
+from safeguards.health_metrics.recorder import record_metric
+from safeguards.redis_state import key
+from syncguard.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds of the task duration buckets, seconds.
+TASK_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Upper bounds of the inbound webhook latency buckets, seconds.
+WEBHOOK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Hash tag shared by every counter key: one observation's MULTI stays on one Cluster slot.
+KEY_SCOPE = "prometheus"
+
+Safeguard = Literal["rate_limit", "circuit_breaker"]
+Decision = Literal["allowed", "refused", "unavailable"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A counter (no buckets) or histogram (buckets, seconds) whose samples live in one hash."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+    def redis_key(self) -> str:
+        """The hash that holds this family's samples."""
+        return key("prom", KEY_SCOPE, self.name)
+
+
+TASKS_TOTAL = Family("syncguard_tasks_total", "Task runs by outcome.", ("task", "outcome"))
+TASK_DURATION = Family(
+    "syncguard_task_duration_seconds", "Task run time.", ("task",), TASK_BUCKETS_S
+)
+SAFEGUARD_DECISIONS = Family(
+    "syncguard_safeguard_decisions_total",
+    "Admission decisions of the circuit breaker and rate limiter.",
+    ("safeguard", "decision"),
+)
+WEBHOOK_DELIVERIES = Family(
+    "syncguard_webhook_deliveries_total",
+    "Inbound webhook deliveries by the HTTP status class answered.",
+    ("provider", "kind", "status_class"),
+)
+WEBHOOK_DURATION = Family(
+    "syncguard_webhook_delivery_duration_seconds",
+    "Time to answer an inbound webhook delivery.",
+    ("provider", "kind"),
+    WEBHOOK_BUCKETS_S,
+)
+#: Every family a scrape reads from Redis.
+FAMILIES = (TASKS_TOTAL, TASK_DURATION, SAFEGUARD_DECISIONS, WEBHOOK_DELIVERIES, WEBHOOK_DURATION)
+
+Pipeline = Any  # redis.client.Pipeline, generic in redis' stubs
+
+
+def _field(values: Iterable[str], suffix: str = "") -> str:
+    """A hash field: the label values as JSON, then ``|suffix`` for a histogram's parts."""
+    encoded = json.dumps(list(values), separators=(",", ":"))
+    return f"{encoded}|{suffix}" if suffix else encoded
+
+
+def _inc(pipe: Pipeline, family: Family, values: tuple[str, ...], amount: int = 1) -> None:
+    pipe.hincrby(family.redis_key(), _field(values), amount)
+
+
+def _observe(pipe: Pipeline, family: Family, values: tuple[str, ...], value_s: float) -> None:
+    slot = bisect.bisect_left(family.buckets, value_s)
+    hkey = family.redis_key()
+    if slot < len(family.buckets):  # past the last bound only +Inf (the count) holds it
+        pipe.hincrby(hkey, _field(values, f"b{slot}"), 1)
+    pipe.hincrby(hkey, _field(values, "count"), 1)
+    pipe.hincrbyfloat(hkey, _field(values, "sum"), value_s)
+
+
+class CounterStore:
+    """Writes observations to Redis; backs off after a failure and counts what it lost."""
+
+    def __init__(self, client: Callable[[], redis.Redis] | None = None) -> None:
+        self._client = client or _default_client
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        #: Observations skipped or failed and not yet reported to system_health_metrics.
+        self.lost = 0
+
+    def send(self, build: Callable[[Pipeline], None]) -> bool:
+        """Run ``build``'s commands in one MULTI/EXEC; False (logged, counted) when it failed."""
+        settings = get_settings()
+        now = time.monotonic()
+        if now < self._down_until:
+            self._lose(None)
+            return False
+        try:
+            with self._client().pipeline(transaction=True) as pipe:
+                build(pipe)
+                pipe.execute()
+        except redis.RedisError as exc:
+            self._down_until = now + settings.prometheus_retry_after_s
+            log.warning(
+                "prometheus counters unreachable, skipping for %.1fs: %s",
+                settings.prometheus_retry_after_s,
+                exc,
+            )
+            self._lose(exc)
+            return False
+        except Exception as exc:  # a bug here must not fail the task or the request
+            log.exception("prometheus observation failed")
+            self._lose(exc)
+            return False
+        if self.lost:
+            self._report()
+        return True
+
+    def _lose(self, exc: BaseException | None) -> None:
+        with self._lock:
+            self.lost += 1
+        if exc is not None:
+            self._report()
+
+    def _report(self) -> None:
+        with self._lock:
+            lost, self.lost = self.lost, 0
+        if lost:
+            record_metric(
+                MetricType.ERRORS, "prometheus_observations_lost", float(lost), unit="observations"
+            )
+
+
+@cache
+def _default_client() -> redis.Redis:
+    from syncguard.services import ensure_services
+
+    settings = get_settings()
+    timeout = settings.prometheus_redis_timeout_s
+    url = ensure_services(settings).redis_url
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+#: The process's writer (its client is a pool shared by threads; fork-safe in redis-py).
+COUNTERS = CounterStore()
+
+
+def count_task(task: str, outcome: str, duration_s: float) -> None:
+    """Count one task run and observe its duration."""
+
+    def build(pipe: Pipeline) -> None:
+        _inc(pipe, TASKS_TOTAL, (task, outcome))
+        _observe(pipe, TASK_DURATION, (task,), duration_s)
+
+    COUNTERS.send(build)
+
+
+def count_decision(safeguard: Safeguard, decision: Decision) -> None:
+    """Count one admission decision of a safeguard."""
+    COUNTERS.send(lambda pipe: _inc(pipe, SAFEGUARD_DECISIONS, (safeguard, decision)))
+
+
+def count_webhook(provider: str, kind: str, status: int, duration_s: float) -> None:
+    """Count one inbound webhook delivery by status class and observe its latency."""
+
+    def build(pipe: Pipeline) -> None:
+        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx"))
+        _observe(pipe, WEBHOOK_DURATION, (provider, kind), duration_s)
+
+    COUNTERS.send(build)
+
+
+def read_family(family: Family, raw: dict[bytes, bytes]) -> Metric:
+    """One family's samples from its hash as read by HGETALL."""
+    if not family.buckets:
+        counter = CounterMetricFamily(family.name, family.documentation, labels=family.labels)
+        for field, value in sorted(raw.items()):
+            counter.add_metric(json.loads(field), float(value))
+        return counter
+    parts: dict[str, dict[str, float]] = defaultdict(dict)
+    for field, value in raw.items():
+        labels, _, part = field.decode().rpartition("|")
+        parts[labels][part] = float(value)
+    histogram = HistogramMetricFamily(family.name, family.documentation, labels=family.labels)
+    for labels, values in sorted(parts.items()):
+        cumulative, buckets = 0.0, []
+        for slot, bound in enumerate(family.buckets):
+            cumulative += values.get(f"b{slot}", 0.0)
+            buckets.append((repr(bound), cumulative))
+        buckets.append(("+Inf", max(values.get("count", 0.0), cumulative)))
+        histogram.add_metric(json.loads(labels), buckets, values.get("sum", 0.0))
+    return histogram
+
+
+#: Reads gauges at scrape time; raises on an unreachable source (the scrape reports it down).
+GaugeSource = Callable[[], Iterable[Metric]]
+
+
+class RedisCounterCollector(Collector):
+    """The counters from Redis, then every gauge source; a failing source reports ``up`` 0."""
+
+    def __init__(
+        self,
+        gauges: dict[str, GaugeSource],
+        client: Callable[[], redis.Redis] | None = None,
+    ) -> None:
+        self._gauges = gauges
+        self._client = client or _default_client
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: every family is read at scrape time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family now."""
+        up = GaugeMetricFamily(
+            "syncguard_metrics_source_up",
+            "1 when the scrape could read this source, else 0.",
+            labels=["source"],
+        )
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for family in FAMILIES:
+                pipe.hgetall(family.redis_key())
+            hashes = pipe.execute()
+        except redis.RedisError:
+            log.warning("scrape: prometheus counters unreachable", exc_info=True)
+            up.add_metric(["redis"], 0.0)
+        else:
+            up.add_metric(["redis"], 1.0)
+            yield from (read_family(f, raw) for f, raw in zip(FAMILIES, hashes, strict=True))
+        for source, read in self._gauges.items():
+            try:
+                metrics = list(read())
+            except Exception:  # one broken source must not blank the whole scrape
+                log.warning("scrape: gauge source %s failed", source, exc_info=True)
+                up.add_metric([source], 0.0)
+                continue
+            up.add_metric([source], 1.0)
+            yield from metrics
+        yield up

@@ -1,0 +1,216 @@
+"""Mailbox sync: chunked, checkpointed, idempotent, one run per store, bursts coalesced.
+
+Each provider page is applied in one transaction together with the job's checkpoint (and, on
+the last page, the store's new cursor), so a killed worker resumes from the last committed page
+and a redelivered page changes nothing. A run hands its worker back after a budget of pages or
+seconds by enqueueing its own continuation. ``request_sync`` is the one-liner for application
+code: it folds a request into a queued or running sync, which then runs exactly one follow-up.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, update
+
+from models import FailureCategory, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
+from providers.base import ChangesPage, FullPage, MailProvider
+from safeguards.errors import CallFailure, CursorLost, Refused, ThrottledFailure, ValidationFailure
+from syncguard.db import service_session
+from syncguard.settings import get_settings
+from tasks import app
+from tasks.base import SafeguardedTask
+from tasks.events import announce
+from tasks.guard import default_classifier
+from tasks.provider_clients import open_client, to_call_failure
+from tasks.sync.jobs import count_deferral, job_for_task, set_status, start_job
+from tasks.sync.mailbox_copy import (
+    database_now,
+    delete_messages,
+    relabel_messages,
+    sweep_unseen,
+    upsert_messages,
+)
+from tasks.sync.requests import enqueue_job, sync_flight
+from tasks.webhooks import ensure_healthy_subscription
+
+
+class SyncTask(SafeguardedTask):
+    """SafeguardedTask that speaks the providers' errors and keeps ``sync_jobs`` current."""
+
+    max_retries = 5
+
+    def classify(self, exc: BaseException) -> CallFailure | None:
+        """Provider errors first, then the generic rules."""
+        return to_call_failure(exc) or default_classifier(exc)
+
+    def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
+        """Show the wait on the job."""
+        if (job_id := job_for_task(self.request.id)) is not None:
+            count_deferral(job_id, f"deferred {countdown_s:.1f}s: {reason}")
+
+    def on_retrying(self, exc: Exception, countdown_s: float) -> None:
+        """Show the failed attempt on the job; the lease stays with it until it comes back."""
+        if (job_id := job_for_task(self.request.id)) is not None:
+            set_status(job_id, SyncJobStatus.QUEUED, error_message=str(exc)[:2000])
+
+    def on_archived(
+        self, entry_id: uuid.UUID, category: FailureCategory, exc: BaseException
+    ) -> None:
+        """Close the job, mark a store whose grant is gone, and free the store for others."""
+        store_id = self.store_id()
+        if store_id is None:
+            return
+        if category is FailureCategory.AUTHENTICATION:
+            _mark_store(store_id, StoreStatus.NEEDS_REAUTH, str(exc))
+        if (job_id := job_for_task(self.request.id)) is not None:
+            set_status(job_id, SyncJobStatus.ARCHIVED, error_message=f"archived as {entry_id}")
+            _release(store_id, job_id)
+
+
+@app.task(bind=True, base=SyncTask, name="tasks.sync.sync_store")  # type: ignore[untyped-decorator]
+def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict[str, Any]:
+    """Sync one store: a bounded number of pages now, the rest in a continuation."""
+    store_uuid = self.store_id()
+    assert store_uuid is not None  # call_scope() in the preflight already validated it
+    # The seed's pre-processing check: an expired or unhealthy subscription gets renewed.
+    ensure_healthy_subscription(store_uuid)
+    job = start_job(store_uuid, job_id, self.request.id)
+    if not sync_flight().acquire(str(store_uuid), str(job.id)):
+        set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
+        return {"job_id": str(job.id), "coalesced": True}
+    store = _load_store(store_uuid)
+    if store.status is not StoreStatus.ACTIVE:
+        set_status(job.id, SyncJobStatus.FAILED, error_message=f"store is {store.status}")
+        _release(store_uuid, job.id)
+        return {"job_id": str(job.id), "skipped": str(store.status)}
+    client = open_client(store, lambda operation, cost: self.guard(operation, cost=cost))
+    try:
+        progress = SyncRun(client, store, job).run()
+    finally:
+        client.close()
+    if not progress.done:
+        # Queued first: the continuation may start (and mark it running) at once.
+        set_status(job.id, SyncJobStatus.QUEUED)
+        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
+        return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
+    set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
+    _release(store_uuid, job.id)
+    announce(
+        store.business_id,
+        "sync.completed",
+        {"store_id": store_id, "job_id": str(job.id), "cursor_advanced": True},
+    )
+    return {"job_id": str(job.id), "pages": progress.pages, "retries": self.request.retries}
+
+
+@dataclass
+class SyncRun:
+    """One budgeted run over a store's pages, committing each page with its checkpoint."""
+
+    client: MailProvider
+    store: Store
+    job: SyncJob
+    pages: int = 0
+    done: bool = False
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> SyncRun:
+        """Apply pages until the listing ends or the run's budget is spent."""
+        settings = get_settings()
+        deadline = time.monotonic() + settings.sync_max_seconds_per_run
+        self.checkpoint = dict(self.job.checkpoint or {})
+        if "mode" not in self.checkpoint:
+            self._begin("incremental" if self.store.sync_cursor else "full")
+        while not self.done:
+            if self.pages >= settings.sync_max_pages_per_run or time.monotonic() > deadline:
+                break
+            self._step()
+        return self
+
+    def _begin(self, mode: str) -> None:
+        self.checkpoint = {"mode": mode, "page_token": None}
+        if mode == "full":
+            with service_session() as session:
+                # Rows the full listing does not touch after this instant were deleted upstream.
+                self.checkpoint["full_since"] = database_now(session).isoformat()
+
+    def _step(self) -> None:
+        token = self.checkpoint.get("page_token")
+        if self.checkpoint["mode"] == "full":
+            self._apply(self.client.list_page(token))
+            return
+        try:
+            self._apply(self.client.changes_page(self.store.sync_cursor or "", token))
+        except CursorLost:
+            # The provider forgot our cursor: list everything again, then sweep what is gone.
+            self._begin("full")
+            self.checkpoint["resync_reason"] = "cursor_lost"
+
+    def _apply(self, page: FullPage | ChangesPage) -> None:
+        store_id = self.store.id
+        cursor = page.cursor
+        with service_session() as session:
+            if isinstance(page, FullPage):
+                upserted, deleted = upsert_messages(session, store_id, page.messages), 0
+                if cursor is not None:
+                    since = datetime.fromisoformat(self.checkpoint["full_since"])
+                    deleted = sweep_unseen(session, store_id, since)
+            else:
+                upserted = upsert_messages(session, store_id, page.upserts)
+                deleted = delete_messages(session, store_id, page.deleted_ids)
+                relabel_messages(session, store_id, page.label_changes)
+            self.checkpoint["page_token"] = page.next_page_token
+            self._save(session, upserted, deleted, cursor)
+        self.pages += 1
+        self.done = cursor is not None
+        if not sync_flight().renew(str(store_id), str(self.job.id)):
+            raise ValidationFailure(f"lost the sync lease of store {store_id} to another run")
+
+    def _save(self, session: Any, upserted: int, deleted: int, cursor: str | None) -> None:
+        job_values: dict[str, Any] = {
+            "checkpoint": self.checkpoint if cursor is None else {},
+            "pages_processed": SyncJob.pages_processed + 1,
+            "messages_upserted": SyncJob.messages_upserted + upserted,
+            "messages_deleted": SyncJob.messages_deleted + deleted,
+        }
+        if self.checkpoint["mode"] == "full":
+            job_values["kind"] = "full"
+        session.execute(update(SyncJob).where(SyncJob.id == self.job.id).values(**job_values))
+        if cursor is not None:
+            self.store.sync_cursor = cursor
+            session.execute(
+                update(Store)
+                .where(Store.id == self.store.id)
+                .values(sync_cursor=cursor, cursor_updated_at=func.now(), last_synced_at=func.now())
+            )
+
+
+def _load_store(store_id: uuid.UUID) -> Store:
+    with service_session() as session:
+        store = session.get(Store, store_id)
+        if store is None:
+            raise ValidationFailure(f"store {store_id} does not exist")
+        return store
+
+
+def _mark_store(store_id: uuid.UUID, status: StoreStatus, reason: str) -> None:
+    with service_session() as session:
+        session.execute(
+            update(Store)
+            .where(Store.id == store_id)
+            .values(status=status, status_reason=reason[:2000])
+        )
+
+
+def _release(store_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """End this run's hold on the store; requests that arrived meanwhile get one follow-up."""
+    if sync_flight().release(str(store_id), str(job_id)):
+        enqueue_job(store_id, SyncTrigger.FOLLOW_UP)
+
+
+__all__ = ["SyncTask", "sync_store"]
