@@ -6,10 +6,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
+
+#: URL schemes hosting providers hand out for PostgreSQL (``postgres://`` is Heroku's and
+#: libpq's), all meaning the psycopg 3 driver SQLAlchemy needs.
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg2://")
+_SQLALCHEMY_SCHEME = "postgresql+psycopg://"
+
+
+def sqlalchemy_database_url(url: str) -> str:
+    """``url`` with its scheme made SQLAlchemy's psycopg 3 dialect; other URLs unchanged."""
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            return _SQLALCHEMY_SCHEME + url[len(scheme) :]
+    return url
 
 
 class Settings(BaseSettings):
@@ -25,6 +38,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "SYNCGUARD_REDIS_URL")
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_scheme(cls, url: str | None) -> str | None:
+        return None if url is None else sqlalchemy_database_url(url)
+
     #: Celery broker URL; defaults to ``redis_url``.
     broker_url: str | None = Field(
         default=None, validation_alias=AliasChoices("BROKER_URL", "SYNCGUARD_BROKER_URL")
