@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -59,6 +60,8 @@ class SafeguardedTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started, outcome = time.monotonic(), "succeeded"
+        # On the request (one per run), so an archive entry can say when this attempt began.
+        self.request.attempt_started_at = datetime.now(UTC)
         try:
             preflight(self.call_scope())
             return self.run(*args, **kwargs)
@@ -137,7 +140,11 @@ class SafeguardedTask(Task):  # type: ignore[misc]
                 request.retries,
                 self.job_data(),
                 failure_category=category,
-                error_context=error_context_from(exc, worker=request.hostname),
+                error_context=error_context_from(
+                    exc,
+                    worker=request.hostname,
+                    started_at=getattr(request, "attempt_started_at", None),
+                ),
                 store_id=self._store_id_or_none(),
             )
         except Exception as db_exc:

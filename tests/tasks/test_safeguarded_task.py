@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 from celery.result import AsyncResult
@@ -63,6 +64,9 @@ def test_transient_failures_end_as_one_replayable_archive_row(store_id: str, mar
     assert entry.options["queue"] == "sync"
     assert entry.error_context["exception_type"].endswith("TransientFailure")
     assert "503" in entry.failure_reason and "Traceback" in entry.error_context["traceback"]
+    # The last attempt's start and length, not nulls
+    started = datetime.fromisoformat(entry.error_context["started_at"])
+    assert started <= entry.created_at and entry.error_context["duration_s"] >= 0
 
     get_redis().delete(key("test-broken", marker))
     replayed = replay(entry.id, enqueue=enqueue_archived, replayed_by="test")
