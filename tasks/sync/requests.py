@@ -25,7 +25,11 @@ def sync_flight() -> SingleFlight:
 def request_sync(
     store_id: uuid.UUID | str, trigger: SyncTrigger = SyncTrigger.MANUAL
 ) -> uuid.UUID | None:
-    """Enqueue a sync of the store, or fold the request into the pending one (returns None)."""
+    """Enqueue a sync of the store, or fold the request into the pending one (returns None).
+
+    Raises ``tasks.sync.jobs.StoreNotSyncable`` for a store that is not active (paused, revoked)
+    and ``ValidationFailure`` for one that does not exist; nothing is enqueued then.
+    """
     store_key = str(uuid.UUID(str(store_id)))
     flight = sync_flight()
     if not flight.request(store_key):
