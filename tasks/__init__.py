@@ -21,4 +21,6 @@ app.config_from_object("celeryconfig")
 # message, and fresh database connections in each forked worker child.
 from tasks import process_hooks, redaction_hooks  # noqa: E402, F401
 
+redaction_hooks.install(app)
+
 __all__ = ["TASK_MODULES", "app"]

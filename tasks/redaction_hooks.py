@@ -12,8 +12,9 @@ Celery puts a display copy of a message's arguments beside the real ones: the ``
   would otherwise carry the raw arguments to Flower.
 
 Both fail closed: a value redaction cannot handle shows a placeholder, never the raw arguments.
-Imported by ``tasks/__init__`` so every process that loads the app (``-A tasks``) has both. The
-real arguments travel unchanged in the body: a task still receives what it was sent.
+``tasks/__init__`` imports this module and calls ``install(app)`` (this module does not import
+the app, so the two form no import loop): every process that loads the app (``-A tasks``) has
+both. The real arguments travel unchanged in the body: a task still receives what it was sent.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from celery.signals import before_task_publish
 from celery.utils.saferepr import saferepr
 
 from safeguards.redaction import redact
-from tasks import app
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,3 @@ def redact_message_reprs(
         return
     headers["argsrepr"] = redacted_repr(body[0])
     headers["kwargsrepr"] = redacted_repr(body[1])
-
-
-install(app)

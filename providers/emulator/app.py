@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse
 
 from providers.emulator import control, gmail, graph, oauth
 from providers.emulator.config import EmulatorConfig
-from providers.emulator.context import EmulatorContext, PushSettings, context
+from providers.emulator.context import EmulatorContext, context
 from providers.emulator.guard import ApiError, gmail_error, graph_error
 from providers.emulator.notify import Notifier
+from providers.emulator.push import PushSettings, PushSigner
 from providers.emulator.state import EmulatorError, EmulatorState
 
 
@@ -24,7 +25,7 @@ def create_app(settings: EmulatorConfig | None = None) -> FastAPI:
     push = PushSettings(
         config.gmail_push_url, config.gmail_push_audience, config.service_account_email
     )
-    signer = oauth.PushSigner()
+    signer = PushSigner()
     ctx = EmulatorContext(config, state, signer, Notifier(config, state, push, signer), push)
 
     @asynccontextmanager

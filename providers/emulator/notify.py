@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 import httpx
 
 from providers.emulator.config import EmulatorConfig
-from providers.emulator.context import PushSettings
 from providers.emulator.faults import take_drop
-from providers.emulator.oauth import PushSigner
+from providers.emulator.push import PushSettings, PushSigner
 from providers.emulator.state import Change, EmulatorState, Provider, Subscription, iso
 
 log = logging.getLogger(__name__)

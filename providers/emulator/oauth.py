@@ -1,54 +1,19 @@
-"""OAuth token endpoint (refresh_token grant) and the RS256 key that signs push OIDC tokens."""
+"""OAuth token endpoint (refresh_token grant) and the JWKS that verifies push OIDC tokens.
+
+The key itself is ``push.PushSigner``; the app's context holds it.
+"""
 
 from __future__ import annotations
 
-import secrets
-import time
 from typing import Any
 from urllib.parse import parse_qs
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from jwt.algorithms import RSAAlgorithm
 
 from providers.emulator.context import context
 
-#: Issuer of Google's push OIDC tokens.
-GOOGLE_ISSUER = "https://accounts.google.com"
-#: Lifetime of a push OIDC token, in seconds.
-PUSH_TOKEN_LIFETIME_S = 3600
-
 router = APIRouter()
-
-
-class PushSigner:
-    """The emulator's own RSA key: signs push tokens, publishes the JWKS."""
-
-    def __init__(self) -> None:
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.kid = secrets.token_hex(8)
-
-    def jwks(self) -> dict[str, Any]:
-        """The public key as a JWK set, like Google's /oauth2/v3/certs."""
-        jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
-        jwk.update(kid=self.kid, alg="RS256", use="sig")
-        return {"keys": [jwk]}
-
-    def sign_push_token(self, audience: str, email: str) -> str:
-        """An OIDC token as Pub/Sub attaches to a push request."""
-        now = int(time.time())
-        claims = {
-            "aud": audience,
-            "iss": GOOGLE_ISSUER,
-            "email": email,
-            "email_verified": True,
-            "sub": "emulator-push-service-account",
-            "iat": now,
-            "exp": now + PUSH_TOKEN_LIFETIME_S,
-        }
-        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
