@@ -1,10 +1,13 @@
 -- One run per scope at a time, with coalesced follow-ups. One atomic decision per call.
--- KEYS[1] pending marker (a run is queued or running), KEYS[2] run lease, KEYS[3] dirty flag
--- ARGV[1] verb: request | acquire | renew | release | cancel
--- ARGV[2] owner token (acquire/renew/release), ARGV[3] lease ms, ARGV[4] pending ttl ms
-local pending, lease, dirty = KEYS[1], KEYS[2], KEYS[3]
-local verb, owner = ARGV[1], ARGV[2]
-local lease_ms, pending_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Returns 1 or 0; what that means for each verb is in single_flight.py.
+
+local pending = KEYS[1]               -- marker: a run is queued or running
+local lease = KEYS[2]                 -- the run lease, holding its owner's token
+local dirty = KEYS[3]                 -- flag: requests arrived while a run was pending
+local verb = ARGV[1]                  -- request | acquire | renew | release | cancel
+local owner = ARGV[2]                 -- owner token (acquire, renew, release); else ''
+local lease_ms = tonumber(ARGV[3])    -- how long a lease lasts unless renewed, ms
+local pending_ms = tonumber(ARGV[4])  -- how long the pending marker and dirty flag live, ms
 
 if verb == 'request' then
   -- Nothing queued or running: the caller enqueues. Otherwise remember one more is wanted.

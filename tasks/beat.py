@@ -6,7 +6,7 @@ through its API) and adds a package. A per-entry claim keeps the stock ``Persist
 ``beat_schedule.py`` as the one source of the schedule, and is one small Lua script.
 
 Before publishing an entry, a Beat atomically claims "entry X ran at T" in Redis
-(``safeguards/lua/periodic_claim.lua``): the claim succeeds only when the entry's last claimed
+(``tasks/periodic_claim.lua``): the claim succeeds only when the entry's last claimed
 run is older than ``beat_claim_fraction`` of its period (the interval of ``schedule`` /
 timedelta entries, ``beat_crontab_granularity_s`` for crontab and solar ones). Keying on the last
 run rather than on ``floor(now / period)`` keeps two Beats whose phases straddle a period
@@ -39,7 +39,7 @@ CLAIM_KIND = "beat"
 CLAIM_TTL_PERIODS = 3
 #: Shortest lifetime of a claim's key, seconds.
 MIN_CLAIM_TTL_S = 60.0
-#: The Lua script (``safeguards/lua/<name>.lua``) deciding claims.
+#: The Lua script (``periodic_claim.lua``, beside this module) deciding claims.
 CLAIM_SCRIPT = LuaScript("tasks", "periodic_claim")
 
 

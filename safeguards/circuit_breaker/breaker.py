@@ -1,6 +1,6 @@
 """Distributed circuit breaker per (store, circuit name): state in Redis, written through to SQL.
 
-Every decision (``allow``, ``record``, ``reset``) is one run of ``lua/circuit_breaker.lua``, so all
+Every decision (``allow``, ``record``, ``reset``) is one run of ``circuit_breaker.lua``, so all
 workers on all hosts share one state machine.  Transitions are written to ``circuit_breaker_state``
 at once and announced to listeners in the process that caused them.
 """

@@ -1,25 +1,36 @@
 -- One circuit's every decision, atomic across all workers and hosts (one round trip each).
--- KEYS: 1 state hash, 2 sliding window (list when count-based, zset when time-based),
---       3 failures of a time-based window (zset), 4 half-open trial reservations (zset by expiry)
--- ARGV: 1 op (allow|success|failure|ignored|reset|snapshot|peek), 2 now (epoch seconds),
---       3 failure-rate threshold % (0 = off), 4 window type (count|time), 5 window size,
---       6 minimum calls, 7 consecutive-failure threshold (0 = off), 8 base open wait s,
---       9 open-wait multiplier, 10 max open wait s, 11 permitted trials, 12 successes to close,
---       13 trial reservation timeout s, 14 closed time that resets the wait growth s,
---       15 key ttl s, 16 trial token, 17 failure reason, 18 store id, 19 business id,
---       20 circuit name
--- Returns {allowed, retry_after_s, trial_token, previous_state (''=no transition),
---          window_calls, window_failures, hash field/value pairs...}
-local h, win, wfail, trials = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local op = ARGV[1]
-local now = tonumber(ARGV[2])
-local rate_threshold, window_type = tonumber(ARGV[3]), ARGV[4]
-local window_size, min_calls = tonumber(ARGV[5]), tonumber(ARGV[6])
-local consecutive_threshold = tonumber(ARGV[7])
-local base_wait, multiplier, max_wait = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local permitted, to_close = tonumber(ARGV[11]), tonumber(ARGV[12])
-local trial_timeout, reset_after, ttl = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
-local token, reason = ARGV[16], ARGV[17]
+-- Every input is bound to a name here, at the top; nothing below reads KEYS or ARGV.
+-- Times are epoch seconds (floats).
+local h = KEYS[1]        -- state hash: state, counters, times, identity, dirty flag
+local win = KEYS[2]      -- sliding window: a list when count-based, a zset when time-based
+local wfail = KEYS[3]    -- failures of a time-based window (zset)
+local trials = KEYS[4]   -- half-open trial reservations (zset, score = expiry)
+local all_keys = {h, win, wfail, trials}
+
+local op = ARGV[1]                          -- allow|success|failure|ignored|reset|snapshot|peek
+local now = tonumber(ARGV[2])               -- the caller's clock
+local rate_threshold = tonumber(ARGV[3])    -- failure-rate threshold, %; 0 = off
+local window_type = ARGV[4]                 -- count | time
+local window_size = tonumber(ARGV[5])       -- calls, or seconds
+local min_calls = tonumber(ARGV[6])         -- calls before the failure rate counts
+local consecutive_threshold = tonumber(ARGV[7]) -- consecutive failures that trip; 0 = off
+local base_wait = tonumber(ARGV[8])         -- first open wait, s
+local multiplier = tonumber(ARGV[9])        -- open-wait growth per repeated trip
+local max_wait = tonumber(ARGV[10])         -- longest open wait, s
+local permitted = tonumber(ARGV[11])        -- trial calls permitted in half-open
+local to_close = tonumber(ARGV[12])         -- trial successes that close the circuit
+local trial_timeout = tonumber(ARGV[13])    -- s a trial reservation lives
+local reset_after = tonumber(ARGV[14])      -- s closed that start the wait growth over
+local ttl = tonumber(ARGV[15])              -- s an untouched circuit's keys live
+local token = ARGV[16]                      -- the trial token being settled; '' = none
+local reason = ARGV[17]                     -- the failure's reason; '' = none
+local store_id = ARGV[18]                   -- '' for a business-wide circuit
+local business_id = ARGV[19]                -- '' when unknown
+local circuit_name = ARGV[20]
+
+-- Returns (decoded by states.parse_reply): allowed, retry_after_s, trial_token,
+-- previous_state ('' = no transition), window_calls, window_failures, then the state
+-- hash's field/value pairs.
 
 local state = redis.call('HGET', h, 'state') or 'closed'
 local previous = ''
@@ -161,9 +172,9 @@ local function reset()
 end
 
 local function touch()
-  redis.call('HSET', h, 'store_id', ARGV[18], 'business_id', ARGV[19], 'circuit_name', ARGV[20],
-    'dirty', 1)
-  for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ttl) end
+  redis.call('HSET', h, 'store_id', store_id, 'business_id', business_id,
+    'circuit_name', circuit_name, 'dirty', 1)
+  for _, k in ipairs(all_keys) do redis.call('EXPIRE', k, ttl) end
 end
 
 if op == 'allow' then

@@ -1,6 +1,6 @@
 """The circuit breaker's vocabulary: configuration (resilience4j names), decisions and statistics.
 
-Pure values and parsing only; the state machine itself runs in ``lua/circuit_breaker.lua`` so
+Pure values and parsing only; the state machine itself runs in ``circuit_breaker.lua`` so
 that every decision is one atomic step shared by all workers and hosts.
 """
 
@@ -114,7 +114,7 @@ class CircuitBreakerConfig:
         return min(grown, self.max_wait_duration_in_open_state_s)
 
     def script_args(self) -> list[Any]:
-        """ARGV[3..15] of the Lua script, in its order."""
+        """ARGV[3..14] of the Lua script, in its order (named at the script's top)."""
         return [
             self.failure_rate_threshold or 0,
             self.sliding_window_type.value,

@@ -1,28 +1,45 @@
 -- One atomic rate-limit decision for one (provider, store): three bucketed sliding windows,
 -- a provider throttle and concurrency leases, checked together and consumed all or nothing.
 --
--- KEYS[1..6]  per window (minute, hour, day): a sorted set of live bucket indexes (score =
---             index) and a hash {index -> cost, "t" -> total cost of the live buckets}
--- KEYS[7]     leases: sorted set {lease_id -> expiry_ms}
--- KEYS[8]     throttle: hash {until, strikes, last}
--- KEYS[9]     stats: hash {clock, hits, denied, denied_unflushed, success, failure, last_request}
--- KEYS[10]    dirty flag: set while the store awaits a flush to PostgreSQL
--- ARGV        mode ("hit" | "test" | "peek" | "flush"), now_ms, cost, lease_id, lease_ttl_ms,
---             concurrency, dirty_ttl_ms, then per window: length_ms, bucket_ms, limit,
---             then concurrency_wait_ms (the longest wait suggested for a busy lease slot)
+-- Every input is bound to a name here, at the top; nothing below reads KEYS or ARGV.
+-- Times are integer milliseconds.
 --
--- Times are integer milliseconds; a hit at ms t lies in the window ending at `now` iff
--- t > now - length. Bucket j holds hits at ms jb .. (j+1)b-1 and is counted whole while any
--- of them lies in the window, so the count never under-states the window (see limits.py).
+-- Per window (minute, hour, day): a sorted set of live bucket indexes (score = index) and a
+-- hash {index -> cost, "t" -> total cost of the live buckets}.
+local window_keys = {
+    {zset = KEYS[1], hash = KEYS[2]},  -- minute
+    {zset = KEYS[3], hash = KEYS[4]},  -- hour
+    {zset = KEYS[5], hash = KEYS[6]},  -- day
+}
+local leases = KEYS[7]     -- sorted set {lease_id -> expiry_ms}
+local throttle = KEYS[8]   -- hash {until, strikes, last}
+local stats = KEYS[9]      -- hash {clock, hits, denied, denied_unflushed, success, failure,
+                           --       last_request}
+local dirty = KEYS[10]     -- set while the store awaits a flush to PostgreSQL
 
-local mode = ARGV[1]
-local now = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local lease_id = ARGV[4]
-local lease_ttl = tonumber(ARGV[5])
-local concurrency = tonumber(ARGV[6])
-local dirty_ttl = tonumber(ARGV[7])
-local leases, throttle, stats, dirty = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local mode = ARGV[1]                  -- "hit" | "test" | "peek" | "flush"
+local now = tonumber(ARGV[2])         -- the caller's clock, ms
+local cost = tonumber(ARGV[3])        -- units this operation spends
+local lease_id = ARGV[4]              -- "" = take no lease
+local lease_ttl = tonumber(ARGV[5])   -- ms a lease lives unless released
+local concurrency = tonumber(ARGV[6]) -- lease slots, 0 = unlimited
+local dirty_ttl = tonumber(ARGV[7])   -- ms the dirty flag lives
+local window_args = {                 -- length_ms, bucket_ms, limit of each window
+    {length = tonumber(ARGV[8]), bucket = tonumber(ARGV[9]), limit = tonumber(ARGV[10])},
+    {length = tonumber(ARGV[11]), bucket = tonumber(ARGV[12]), limit = tonumber(ARGV[13])},
+    {length = tonumber(ARGV[14]), bucket = tonumber(ARGV[15]), limit = tonumber(ARGV[16])},
+}
+local concurrency_wait = tonumber(ARGV[17]) -- longest wait, ms, suggested for a busy lease slot
+local stats_ttl = 2 * window_args[3].length -- the stats outlive the longest (day) window
+--
+-- A hit at ms t lies in the window ending at `now` iff t > now - length. Bucket j holds hits
+-- at ms jb .. (j+1)b-1 and is counted whole while any of them lies in the window, so the count
+-- never under-states the window (see limits.py).
+--
+-- Returns (decoded by reply.py, in this order): allowed, retry_after_ms, reason, used per
+-- window (minute, hour, day), leases_in_use, throttled_until_ms, first_touch, denied,
+-- denied_unflushed, last_request_ms, successes, failures, now_ms.
+
 local NAMES = {'minute', 'hour', 'day'}
 
 -- Effective time never runs backwards for a key, whatever the callers' clock skew: the
@@ -70,9 +87,8 @@ end
 
 local used, windows = {}, {}
 for w = 1, 3 do
-    local base = 8 + (w - 1) * 3
-    local length, bucket, limit = tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
-    local zkey, hkey = KEYS[2 * w - 1], KEYS[2 * w]
+    local length, bucket, limit = window_args[w].length, window_args[w].bucket, window_args[w].limit
+    local zkey, hkey = window_keys[w].zset, window_keys[w].hash
     local from = first_live(length, bucket)
     purge(zkey, hkey, from)
     used[w] = tonumber(redis.call('HGET', hkey, 't') or '0')
@@ -89,7 +105,7 @@ local in_use = redis.call('ZCARD', leases)
 if concurrency > 0 and in_use >= concurrency and mode ~= 'peek' and mode ~= 'flush' then
     local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
     -- A lease is usually released long before it expires: suggest a short wait, not the TTL.
-    refuse(math.min(tonumber(first[2]) - now, tonumber(ARGV[17])), 'concurrency')
+    refuse(math.min(tonumber(first[2]) - now, concurrency_wait), 'concurrency')
 end
 
 local blocked_until = tonumber(redis.call('HGET', throttle, 'until') or '0')
@@ -126,7 +142,7 @@ if mode == 'hit' then
     if redis.call('SET', dirty, '1', 'NX', 'PX', dirty_ttl) then first_touch = 1 end
 end
 redis.call('HSET', stats, 'clock', now)
-redis.call('PEXPIRE', stats, tonumber(ARGV[14]) * 2)
+redis.call('PEXPIRE', stats, stats_ttl)
 
 local s = redis.call('HMGET', stats, 'denied', 'denied_unflushed', 'last_request', 'success', 'failure')
 if mode == 'flush' then

@@ -1,7 +1,8 @@
 """The distributed rate limiter: one atomic Redis decision per provider call, global to all hosts.
 
 *What* is in ``safeguards.rate_limit.limits`` (windows, defaults, costs), *where* is
-``lua/rate_limit_check.lua`` (one round trip per decision), *how* is here.
+``check.lua`` beside this module (one round trip per decision; its reply is named in
+``reply``), *how* is here.
 
 Algorithm: the per-(provider, store) quota is shared by every operation (Gmail's per-user
 units), so each operation spends its cost from three sliding windows (minute, hour, day) that
@@ -150,9 +151,9 @@ class RateLimiter:
             _ms(THROTTLE_QUIET_S),
             _ms(DIRTY_TTL_S),
         ]
-        until_ms, _strikes, first_touch = run_script(self.client, THROTTLE, keys, args)
-        self._announce(prov, sid, first_touch)
-        return int(until_ms) / 1000
+        throttled = reply.decode_throttle(run_script(self.client, THROTTLE, keys, args))
+        self._announce(prov, sid, throttled.first_touch)
+        return throttled.blocked_until_ms / 1000
 
     def usage(self, store_id: str, *, provider: Provider | None = None) -> RateLimitUsage:
         """The store's live usage: windows, throttle, leases, counters."""
@@ -160,7 +161,7 @@ class RateLimiter:
         prov = provider or self.stores.provider(sid)
         limits = self.limits_for(prov, sid)
         raw = run_script(self.client, CHECK, *self._call("peek", prov, sid, 0, limits))
-        return reply.usage(sid, prov, limits, raw)
+        return reply.usage(sid, prov, limits, reply.decode_check(raw))
 
     def flush_usage_to_postgres(self, engine: Engine | None = None) -> int:
         """Upsert the usage of every store touched since the last flush; returns rows written."""
@@ -182,7 +183,10 @@ class RateLimiter:
             keys, args = self._call("flush", prov, sid, 0, self.limits[prov])
             CHECK.on(self.client)(keys=keys, args=args, client=pipe)
         results = self._redis(pipe.execute) if stores else []
-        return [reply.flush_row(sid, raw) for (_, sid), raw in zip(stores, results, strict=True)]
+        return [
+            reply.flush_row(sid, reply.decode_check(raw))
+            for (_, sid), raw in zip(stores, results, strict=True)
+        ]
 
     def _decide(
         self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
@@ -192,15 +196,15 @@ class RateLimiter:
         limits = self.limits_for(prov, sid)
         lease = uuid.uuid4().hex if mode == "hit" and limits.concurrency > 0 else ""
         raw = run_script(self.client, CHECK, *self._call(mode, prov, sid, units, limits, lease))
-        self._announce(prov, sid, raw[8])
-        allowed = bool(raw[0])
+        decided = reply.decode_check(raw)
+        self._announce(prov, sid, decided.first_touch)
         return RateLimitDecision(
-            allowed=allowed,
-            retry_after_s=int(raw[1]) / 1000,
-            reason=raw[2].decode() or None,
-            windows=reply.windows(limits, raw),
-            throttled_until=reply.throttled_until(raw),
-            lease_id=lease if allowed and lease else None,
+            allowed=decided.allowed,
+            retry_after_s=decided.retry_after_ms / 1000,
+            reason=decided.reason,
+            windows=reply.windows(limits, decided),
+            throttled_until=reply.throttled_until(decided),
+            lease_id=lease if decided.allowed and lease else None,
             store_id=sid,
             provider=prov,
             operation_type=operation_type,
@@ -225,7 +229,7 @@ class RateLimiter:
             args += [w.length_ms, w.bucket_ms, limits.for_window(w)]
         return keys, [*args, _ms(CONCURRENCY_WAIT_S)]
 
-    def _announce(self, prov: Provider, sid: str, first_touch: int) -> None:
+    def _announce(self, prov: Provider, sid: str, first_touch: bool) -> None:
         # Only the first touch since a flush pays this second round trip.
         if first_touch:
             self._redis(lambda: self.client.sadd(self._touched_key(), f"{prov.value}|{sid}"))

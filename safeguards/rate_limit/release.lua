@@ -1,8 +1,12 @@
 -- Give back a concurrency lease and count the call's outcome.
 --
--- KEYS[1] leases sorted set; KEYS[2] stats hash
--- ARGV    lease_id ("" = none), outcome ("success" | "failure" | "")
+-- Returns the number of leases still in use.
 
-if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end
-if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[2], 1) end
-return redis.call('ZCARD', KEYS[1])
+local leases = KEYS[1]     -- sorted set {lease_id -> expiry_ms}
+local stats = KEYS[2]      -- hash of counters
+local lease_id = ARGV[1]   -- "" = none
+local outcome = ARGV[2]    -- "success" | "failure" | "" (not known)
+
+if lease_id ~= '' then redis.call('ZREM', leases, lease_id) end
+if outcome ~= '' then redis.call('HINCRBY', stats, outcome, 1) end
+return redis.call('ZCARD', leases)

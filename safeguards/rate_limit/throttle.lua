@@ -2,13 +2,17 @@
 -- sent one, else an escalating backoff (base * 2^(strikes-1), capped) whose strike count
 -- starts again after a quiet period without throttling.
 --
--- KEYS[1] throttle hash {until, strikes, last}; KEYS[2] stats hash; KEYS[3] dirty flag
--- ARGV    now_ms, retry_after_ms (-1 = none), base_ms, cap_ms, quiet_ms, dirty_ttl_ms
+-- Returns {blocked_until_ms, strikes, first_touch} (decoded by reply.py).
 
-local throttle, stats, dirty = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[1])
-local retry_after = tonumber(ARGV[2])
-local base, cap, quiet = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local throttle = KEYS[1]              -- hash {until, strikes, last}
+local stats = KEYS[2]                 -- hash of counters and the key's clock
+local dirty = KEYS[3]                 -- set while the store awaits a flush to PostgreSQL
+local now = tonumber(ARGV[1])         -- the caller's clock, ms
+local retry_after = tonumber(ARGV[2]) -- the provider's Retry-After, ms; -1 = none sent
+local base = tonumber(ARGV[3])        -- first backoff, ms
+local cap = tonumber(ARGV[4])         -- longest backoff, ms
+local quiet = tonumber(ARGV[5])       -- ms without a throttle after which strikes start over
+local dirty_ttl = tonumber(ARGV[6])   -- ms the dirty flag lives
 
 local last_clock = tonumber(redis.call('HGET', stats, 'clock') or '0')
 if last_clock > now then now = last_clock end
@@ -28,5 +32,5 @@ redis.call('PEXPIRE', throttle, blocked_until - now + quiet)
 redis.call('HINCRBY', stats, 'throttles', 1)
 redis.call('HSET', stats, 'clock', now)
 local first_touch = 0
-if redis.call('SET', dirty, '1', 'NX', 'PX', tonumber(ARGV[6])) then first_touch = 1 end
+if redis.call('SET', dirty, '1', 'NX', 'PX', dirty_ttl) then first_touch = 1 end
 return {blocked_until, strikes, first_touch}
