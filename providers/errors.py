@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+import time
 from typing import Any
 
 import httpx
+
+from providers.retry_after import parse_retry_after
 
 #: Longest provider message copied into an error, characters.
 MAX_MESSAGE_CHARS = 300
@@ -14,26 +15,6 @@ MAX_MESSAGE_CHARS = 300
 
 class ProviderError(Exception):
     """Any failure of a provider call; ``status`` is the HTTP status when there was one."""
-
-    def __init__(
-        self, message: str, *, provider: str, status: int | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        #: "gmail", "outlook" or "oauth".
-        self.provider = provider
-        #: The HTTP status of the answer; None for timeouts and connection errors.
-        self.status = status
-        #: The provider's machine-readable reason (Gmail ``errors[].reason``, Graph ``error.code``).
-        self.code = code
-
-    def __str__(self) -> str:
-        where = f"{self.provider} {self.status}" if self.status is not None else self.provider
-        reason = f" [{self.code}]" if self.code else ""
-        return f"{where}{reason}: {self.args[0]}"
-
-
-class ProviderThrottled(ProviderError):
-    """The provider asked us to slow down (Gmail 429 / quota 403, Graph 429)."""
 
     def __init__(
         self,
@@ -44,9 +25,25 @@ class ProviderThrottled(ProviderError):
         code: str | None = None,
         retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(message, provider=provider, status=status, code=code)
-        #: The provider's Retry-After in seconds, None when it gave none (back off exponentially).
+        super().__init__(message)
+        #: "gmail", "outlook" or "oauth".
+        self.provider = provider
+        #: The HTTP status of the answer; None for timeouts and connection errors.
+        self.status = status
+        #: The provider's machine-readable reason (Gmail ``errors[].reason``, Graph ``error.code``).
+        self.code = code
+        #: The answer's Retry-After in seconds, whatever its status (429, 503, a quota 403...);
+        #: None when it gave none or an unusable one. Set by ``OAuthSession`` for every answer.
         self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        where = f"{self.provider} {self.status}" if self.status is not None else self.provider
+        reason = f" [{self.code}]" if self.code else ""
+        return f"{where}{reason}: {self.args[0]}"
+
+
+class ProviderThrottled(ProviderError):
+    """The provider asked us to slow down (Gmail 429 / quota 403, Graph 429)."""
 
 
 class ProviderUnavailable(ProviderError):
@@ -93,17 +90,11 @@ def error_message(response: httpx.Response) -> str:
     return text[:MAX_MESSAGE_CHARS]
 
 
-def retry_after_s(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (fractional seconds or an HTTP date), None when absent or bad."""
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+def retry_after_s(response: httpx.Response, now: float | None = None) -> float | None:
+    """The answer's ``Retry-After`` in seconds from ``now`` (default: the epoch clock).
+
+    None when absent or unusable; see ``providers.retry_after.parse_retry_after``.
+    """
+    return parse_retry_after(
+        response.headers.get("Retry-After"), time.time() if now is None else now
+    )

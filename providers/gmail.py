@@ -30,7 +30,6 @@ from providers.errors import (
     error_body,
     error_code,
     error_message,
-    retry_after_s,
 )
 from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
 
@@ -68,18 +67,17 @@ def _reasons(response: httpx.Response) -> list[str]:
 
 
 def classify(operation: str, response: httpx.Response) -> ProviderError:
-    """Map a non-2xx Gmail answer onto the providers' error family."""
+    """Map a non-2xx Gmail answer onto the providers' error family.
+
+    Retry-After is not read here: ``OAuthSession`` puts it on whatever error this returns.
+    """
     status, reasons = response.status_code, _reasons(response)
     code = reasons[0] if reasons else error_code(response)
     message = f"{operation}: {error_message(response)}"
     throttle_reason = next((r for r in reasons if r in THROTTLE_REASONS), None)
     if status == 429 or (status == 403 and throttle_reason):
         return ProviderThrottled(
-            message,
-            provider=PROVIDER,
-            status=status,
-            code=throttle_reason or code,
-            retry_after_s=retry_after_s(response),
+            message, provider=PROVIDER, status=status, code=throttle_reason or code
         )
     if status == 404 and operation == "history.list":
         return CursorExpired(message, provider=PROVIDER, status=status, code=code)

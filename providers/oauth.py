@@ -83,15 +83,11 @@ def _token_error(response: httpx.Response) -> ProviderError:
         msg = "refresh token refused by the token endpoint; re-authorise the mailbox"
         return ProviderAuthError(msg, provider="oauth", status=status, code=code)
     if status == 429:
-        return ProviderThrottled(
-            "token endpoint throttled",
-            provider="oauth",
-            status=status,
-            code=code,
-            retry_after_s=retry_after_s(response),
-        )
+        return ProviderThrottled("token endpoint throttled", provider="oauth", status=status)
     if status >= 500:
-        return ProviderUnavailable("token endpoint failed", provider="oauth", status=status)
+        return ProviderUnavailable(
+            "token endpoint failed", provider="oauth", status=status, code=code
+        )
     return ProviderRequestError("token request refused", provider="oauth", status=status, code=code)
 
 
@@ -221,6 +217,17 @@ class OAuthSession:
             raise self._error(operation, response)
 
     def _error(self, operation: str, response: httpx.Response) -> ProviderError:
+        """The typed error of a failed answer, with its Retry-After parsed here, once.
+
+        Every status may carry one (429, a quota 403, a 503 or 504 of the API or of the token
+        endpoint: Microsoft Graph throttling guidance, Google's "exponential backoff" page), so
+        it is read for all of them rather than by each classifier for the statuses it expects.
+        """
+        error = self._typed_error(operation, response)
+        error.retry_after_s = retry_after_s(response, self._clock().timestamp())
+        return error
+
+    def _typed_error(self, operation: str, response: httpx.Response) -> ProviderError:
         if operation == TOKEN_REFRESH:
             return _token_error(response)
         if response.status_code == 401:

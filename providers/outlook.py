@@ -28,7 +28,6 @@ from providers.errors import (
     ProviderUnavailable,
     error_code,
     error_message,
-    retry_after_s,
 )
 from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
 
@@ -58,17 +57,14 @@ MAX_CLIENT_STATE = 128
 
 
 def classify(operation: str, response: httpx.Response) -> ProviderError:
-    """Map a non-2xx Graph answer onto the providers' error family."""
+    """Map a non-2xx Graph answer onto the providers' error family.
+
+    Retry-After is not read here: ``OAuthSession`` puts it on whatever error this returns.
+    """
     status, code = response.status_code, error_code(response)
     message = f"{operation}: {error_message(response)}"
     if status == 429:
-        return ProviderThrottled(
-            message,
-            provider=PROVIDER,
-            status=status,
-            code=code,
-            retry_after_s=retry_after_s(response),
-        )
+        return ProviderThrottled(message, provider=PROVIDER, status=status, code=code)
     if status == 410 or (400 <= status < 500 and (code or "").lower() in STALE_SYNC_CODES):
         return CursorExpired(message, provider=PROVIDER, status=status, code=code)
     if status >= 500 or status == 408:

@@ -45,10 +45,13 @@ Control API (JSON; unknown keys are rejected with 422; unknown mailbox -> 404 {"
     POST   /_emulator/mailboxes/{address}/expire-watch     -> Gmail watch runs out now
     GET    /_emulator/mailboxes/{address}/faults
     PUT    /_emulator/mailboxes/{address}/faults  (replaces all; {} clears; count: N|"always")
-        {"throttle_429": {"count": 1, "retry_after": 1.0},
+        {"throttle_429": {"count": 1, "retry_after": 1.0},  # seconds, the header's raw
+                                                            # text, or null for none
          "quota_403": {"reason": "userRateLimitExceeded"|"rateLimitExceeded"|
-                       "dailyLimitExceeded"|"insufficientPermissions", "count": 1},
-         "server_error": {"status": 500|502|503, "count": 1},
+                       "dailyLimitExceeded"|"insufficientPermissions", "count": 1,
+                       "retry_after": null},
+         "server_error": {"status": 500..599, "count": 1, "retry_after": null},
+         "token_error": {"status": 500..599, "count": 1, "retry_after": null},  # token endpoint
          "timeout": {"count": 1, "seconds": 30.0},         # sleeps, then 504
          "slow_ms": 0,                                      # delay every answer
          "stale_cursor": {"count": 1},                      # history 404 / delta stale

@@ -14,6 +14,9 @@ Count = int | Literal["always"]
 QuotaReason = Literal[
     "userRateLimitExceeded", "rateLimitExceeded", "dailyLimitExceeded", "insufficientPermissions"
 ]
+#: A Retry-After to send: seconds, or the header's raw text (an HTTP-date, or garbage to test
+#: a client's tolerance); None sends no header.
+RetryAfter = float | str | None
 
 
 class _Strict(BaseModel):
@@ -24,7 +27,7 @@ class Throttle(_Strict):
     """Answer 429 (Gmail RESOURCE_EXHAUSTED, Graph TooManyRequests) with Retry-After."""
 
     count: Count = 1
-    retry_after: float = 1.0
+    retry_after: RetryAfter = 1.0
 
 
 class Quota(_Strict):
@@ -32,13 +35,15 @@ class Quota(_Strict):
 
     reason: QuotaReason = "userRateLimitExceeded"
     count: Count = 1
+    retry_after: RetryAfter = None
 
 
 class ServerError(_Strict):
-    """Answer a 5xx."""
+    """Answer a 5xx, with a Retry-After when given (Graph sends one on 503)."""
 
-    status: Literal[500, 502, 503] = 503
+    status: int = Field(default=503, ge=500, le=599)
     count: Count = 1
+    retry_after: RetryAfter = None
 
 
 class Timeout(_Strict):
@@ -67,6 +72,8 @@ class Faults(_Strict):
     throttle_429: Throttle | None = None
     quota_403: Quota | None = None
     server_error: ServerError | None = None
+    #: The same, answered by the OAuth token endpoint to this mailbox's refresh grant.
+    token_error: ServerError | None = None
     timeout: Timeout | None = None
     slow_ms: int = Field(default=0, ge=0)
     stale_cursor: CountOnly | None = None
@@ -80,9 +87,22 @@ class RequestFault:
 
     slow_ms: int = 0
     timeout_s: float | None = None
-    throttle_retry_after: float | None = None
+    throttled: bool = False
     quota_reason: str | None = None
     server_status: int | None = None
+    #: The Retry-After header's text, None for no header.
+    retry_after: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The failure's extra response headers."""
+        return {} if self.retry_after is None else {"Retry-After": self.retry_after}
+
+
+def retry_after_header(value: RetryAfter) -> str | None:
+    """The header text of a configured Retry-After: whole seconds print without ".0"."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(int(value)) if value == int(value) else str(value)
 
 
 def _take(count: Count) -> tuple[bool, Count]:
@@ -104,16 +124,31 @@ def take_request_fault(faults: Faults, default_timeout_s: float) -> RequestFault
     if faults.throttle_429 is not None:
         hit, faults.throttle_429.count = _take(faults.throttle_429.count)
         if hit:
-            return RequestFault(slow, throttle_retry_after=faults.throttle_429.retry_after)
+            header = retry_after_header(faults.throttle_429.retry_after)
+            return RequestFault(slow, throttled=True, retry_after=header)
     if faults.quota_403 is not None:
         hit, faults.quota_403.count = _take(faults.quota_403.count)
         if hit:
-            return RequestFault(slow, quota_reason=faults.quota_403.reason)
+            header = retry_after_header(faults.quota_403.retry_after)
+            return RequestFault(slow, quota_reason=faults.quota_403.reason, retry_after=header)
     if faults.server_error is not None:
         hit, faults.server_error.count = _take(faults.server_error.count)
         if hit:
-            return RequestFault(slow, server_status=faults.server_error.status)
+            return _server_fault(slow, faults.server_error)
     return RequestFault(slow)
+
+
+def take_token_fault(faults: Faults) -> RequestFault | None:
+    """The failure (and consume it) for one token-endpoint request, None to answer normally."""
+    if faults.token_error is None:
+        return None
+    hit, faults.token_error.count = _take(faults.token_error.count)
+    return _server_fault(0, faults.token_error) if hit else None
+
+
+def _server_fault(slow_ms: int, error: ServerError) -> RequestFault:
+    header = retry_after_header(error.retry_after)
+    return RequestFault(slow_ms, server_status=error.status, retry_after=header)
 
 
 def take_stale_cursor(faults: Faults) -> bool:

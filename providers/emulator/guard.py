@@ -82,11 +82,13 @@ def graph_error(
     return ApiError(status, body, headers or {})
 
 
-def api_error(api: Api, status: int, message: str, reason: str) -> ApiError:
+def api_error(
+    api: Api, status: int, message: str, reason: str, headers: dict[str, str] | None = None
+) -> ApiError:
     """An error in the shape of the given API (reason is Gmail's reason or Graph's code)."""
     if api == "gmail":
-        return gmail_error(status, message, reason)
-    return graph_error(status, message, reason if reason[0].isupper() else None)
+        return gmail_error(status, message, reason, headers)
+    return graph_error(status, message, reason if reason[0].isupper() else None, headers)
 
 
 def authenticate(request: Request, api: Api) -> Mailbox:
@@ -116,8 +118,8 @@ async def enter(request: Request, endpoint: str, api: Api, user_id: str) -> Mail
     if fault.timeout_s is not None:
         await asyncio.sleep(fault.timeout_s)
         raise api_error(api, 504, "Deadline exceeded.", "deadlineExceeded")
-    if fault.throttle_retry_after is not None:
-        headers = {"Retry-After": _seconds(fault.throttle_retry_after)}
+    headers = fault.headers()
+    if fault.throttled:
         if api == "gmail":
             raise gmail_error(
                 429, "Too many concurrent requests for user", "rateLimitExceeded", headers
@@ -131,13 +133,9 @@ async def enter(request: Request, endpoint: str, api: Api, user_id: str) -> Mail
             "rateLimitExceeded": "Rate Limit Exceeded",
             "dailyLimitExceeded": "Daily Limit Exceeded",
         }.get(fault.quota_reason, "Request had insufficient authentication scopes.")
-        raise api_error(api, 403, message, fault.quota_reason)
+        raise api_error(api, 403, message, fault.quota_reason, headers)
     if fault.server_status is not None:
-        raise api_error(api, fault.server_status, "Backend Error", "backendError")
+        raise api_error(api, fault.server_status, "Backend Error", "backendError", headers)
     if user_id not in ("me", box.address):
         raise api_error(api, 403, "Delegation denied for " + box.address, "forbidden")
     return box
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if value == int(value) else str(value)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from providers.emulator.context import context
+from providers.emulator.faults import RequestFault, take_token_fault
 
 router = APIRouter()
 
@@ -28,6 +29,7 @@ async def token(request: Request) -> JSONResponse:
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
     if form.get("grant_type") != "refresh_token":
         return _oauth_error("unsupported_grant_type", "only refresh_token is supported")
+    fault: RequestFault | None = None
     with ctx.state.lock:
         box = next(
             (
@@ -39,8 +41,12 @@ async def token(request: Request) -> JSONResponse:
         )
         if box is not None:
             box.stats.requests["oauth.token"] += 1
+            fault = take_token_fault(box.faults)
     if box is None:
         return _oauth_error("invalid_grant", "Bad Request")
+    if fault is not None and fault.server_status is not None:
+        body = {"error": "temporarily_unavailable", "error_description": "Backend Error"}
+        return JSONResponse(body, status_code=fault.server_status, headers=fault.headers())
     if form.get("client_id") != box.client_id or form.get("client_secret") != box.client_secret:
         return _oauth_error("invalid_client", "The OAuth client was not found.", 401)
     if box.revoked:

@@ -5,9 +5,12 @@ Pure functions of their arguments, tested without a broker.
 
 from __future__ import annotations
 
-import email.utils
-import math
 from collections.abc import Sequence
+
+# The one Retry-After parser, shared with the provider adapters; re-exported for delivery.
+from providers.retry_after import parse_retry_after
+
+__all__ = ["MIN_COUNTDOWN_S", "countdown_s", "parse_retry_after", "retry_delay_s"]
 
 #: Shortest countdown of a re-publication, seconds: a zero wait must not spin through the broker.
 MIN_COUNTDOWN_S = 0.01
@@ -29,23 +32,6 @@ def retry_delay_s(
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, max(schedule_s)))
     return delay
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """A Retry-After header (delta seconds or an HTTP date) as seconds from ``now``, or None."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None  # unparseable: the schedule decides
-    if when.tzinfo is None:  # RFC 9110 dates are GMT
-        return None
-    seconds = when.timestamp() - now
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def countdown_s(not_before: float, now: float, max_backoff_s: float) -> float:
