@@ -4,13 +4,22 @@
 the request was folded into the pending one (the scope is marked dirty). A run ``acquire``s a
 lease (it expires, so a crashed holder blocks the scope for at most ``lease_s``) and, on
 ``release``, learns whether requests arrived meanwhile: then it enqueues exactly one follow-up.
-Every verb is one atomic Lua call, so bursts from many processes coalesce exactly.
+A run that continues over several executions re-acquires with ``resume=True``, which keeps the
+requests folded into it pending: only a fresh run, which reads everything from its start, covers
+them. Every verb is one atomic Lua call, so bursts from many processes coalesce exactly.
+
+The pending marker is an accelerator, never the record: it names its run's owner (a job id)
+so the caller can check the durable ledger (``holder``, ``take_over``), and it lives only while
+that run may still start — ``pending_ttl_s``, the queue bound, past the run's countdown
+(``requeue``) or its last lease renewal. A lost message therefore blocks its scope for at most
+its countdown plus the queue bound, never for a fixed number of hours.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -20,8 +29,13 @@ _SCRIPT = LuaScript("safeguards", "single_flight")
 
 #: How long a run's lease lasts unless renewed, seconds.
 DEFAULT_LEASE_S = 120.0
-#: How long a queued-but-not-started marker lives; past it a lost message no longer blocks, s.
-DEFAULT_PENDING_TTL_S = 4 * 3600.0
+#: Queue bound: how long a published run is expected to take to start once its countdown is
+#: over (and the longest gap between a running run's renewals), seconds. Past it the pending
+#: marker lapses, so a lost message stops folding requests; a run merely slower than this only
+#: costs one extra run, which the lease serialises.
+DEFAULT_PENDING_TTL_S = 600.0
+#: The owner a request names when the caller does not (the marker then says only "pending").
+ANONYMOUS = "1"
 
 
 @dataclass(frozen=True)
@@ -33,30 +47,74 @@ class SingleFlight:
     lease_s: float = DEFAULT_LEASE_S
     pending_ttl_s: float = DEFAULT_PENDING_TTL_S
 
-    def request(self, scope: str) -> bool:
-        """True when the caller must enqueue a run; False when folded into a pending one."""
-        return self._call("request", scope, "") == 1
+    def request(self, scope: str, owner: str = ANONYMOUS) -> bool:
+        """True when the caller must enqueue the run ``owner``; False when folded into one."""
+        return self._call("request", scope, owner) == 1
 
-    def acquire(self, scope: str, owner: str) -> bool:
-        """Take the run lease for ``owner``; False (and marked dirty) if another run holds it."""
-        return self._call("acquire", scope, owner) == 1
+    def holder(self, scope: str) -> str | None:
+        """The owner the pending marker names, or None when nothing is pending."""
+        found = self._run("holder", scope, "")
+        if isinstance(found, bytes):
+            return found.decode()
+        return found if isinstance(found, str) else None
+
+    def take_over(self, scope: str, stale: str | None, owner: str) -> bool:
+        """Make ``owner`` the pending run if the marker still names ``stale`` (None: no marker).
+
+        For a caller that found, in the ledger, that the marker's run has ended. True when the
+        caller must now enqueue ``owner``; False when another caller changed the marker first.
+        """
+        return self._call("take_over", scope, owner, other=stale or "") == 1
+
+    def acquire(self, scope: str, owner: str, *, resume: bool = False) -> bool:
+        """Take the run lease for ``owner``; False (and marked dirty) if another run holds it.
+
+        ``resume`` says this execution continues a run already under way (it reads on from a
+        checkpoint): requests folded so far stay pending and cause a follow-up on ``release``.
+        """
+        return self._call("acquire", scope, owner, resume=resume) == 1
 
     def renew(self, scope: str, owner: str) -> bool:
-        """Extend ``owner``'s lease; False when it was lost (expired and taken)."""
+        """Extend ``owner``'s lease and pending marker; False when the lease was lost."""
         return self._call("renew", scope, owner) == 1
 
-    def release(self, scope: str, owner: str) -> bool:
-        """End ``owner``'s run; True when requests arrived meanwhile and one follow-up is due."""
-        return self._call("release", scope, owner) == 1
+    def requeue(self, scope: str, owner: str, delay_s: float) -> None:
+        """``owner`` is re-published to start in ``delay_s`` seconds: keep it pending so long."""
+        self._call("requeue", scope, owner, delay_s=delay_s)
 
-    def cancel(self, scope: str) -> None:
-        """Undo a ``request`` whose run could not be enqueued, so later requests are not lost."""
-        self._call("cancel", scope, "")
+    def release(self, scope: str, owner: str, next_owner: str = ANONYMOUS) -> bool:
+        """End ``owner``'s run; True when requests arrived meanwhile and one follow-up is due.
 
-    def _call(self, verb: str, scope: str, owner: str) -> int:
+        The pending marker then names ``next_owner``, the follow-up the caller enqueues.
+        """
+        return self._call("release", scope, owner, other=next_owner) == 1
+
+    def cancel(self, scope: str, owner: str = "") -> None:
+        """Undo a ``request`` whose run could not be enqueued, so later requests are not lost.
+
+        With ``owner``, only a marker that still names it is removed.
+        """
+        self._call("cancel", scope, owner)
+
+    def _call(self, verb: str, scope: str, owner: str, **extra: Any) -> int:
+        return int(self._run(verb, scope, owner, **extra))
+
+    def _run(
+        self,
+        verb: str,
+        scope: str,
+        owner: str,
+        *,
+        resume: bool = False,
+        other: str = "",
+        delay_s: float = 0.0,
+    ) -> Any:
         keys = [key(self.kind, scope, part) for part in ("pending", "lease", "dirty")]
-        args = [verb, owner, int(self.lease_s * 1000), int(self.pending_ttl_s * 1000)]
-        return int(run_script(self.client or get_redis(), _SCRIPT, keys, args))
+        # A running run renews its marker only as often as its lease: never let it lapse first.
+        pending_ms = int(max(self.pending_ttl_s, self.lease_s) * 1000)
+        args = [verb, owner, int(self.lease_s * 1000), pending_ms]
+        args += ["1" if resume else "0", other, int(max(delay_s, 0.0) * 1000)]
+        return run_script(self.client or get_redis(), _SCRIPT, keys, args)
 
 
 def new_owner() -> str:

@@ -84,3 +84,100 @@ def test_many_processes_requesting_at_once_enqueue_once(redis_client: redis.Redi
     for p in procs:
         p.join(30)
     assert enqueued == 1
+
+
+# --- continuations and the ledger (issue 11) -------------------------------------------------
+
+
+def test_a_request_folded_into_a_continuing_run_survives_its_continuations(
+    redis_client: redis.Redis,
+) -> None:
+    flight, scope = _flight(redis_client)
+    job = new_owner()
+    assert flight.request(scope, job)
+    assert flight.acquire(scope, job)  # the first run starts: earlier requests are covered
+    assert flight.request(scope) is False  # new mail arrives while the run is under way
+    for _ in range(3):  # the run hands its worker back and continues, three times
+        flight.requeue(scope, job, 0)
+        assert flight.acquire(scope, job, resume=True)
+        assert flight.renew(scope, job)
+    follow_up = new_owner()
+    assert flight.release(scope, job, follow_up) is True  # exactly one follow-up is due
+    assert flight.holder(scope) == follow_up
+    assert flight.request(scope) is False  # folded into the follow-up, which starts later
+    assert flight.acquire(scope, follow_up)  # fresh: it covers every request so far
+    assert flight.release(scope, follow_up) is False
+    assert flight.holder(scope) is None
+
+
+def test_a_retry_that_resumes_keeps_the_folded_request(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    job = new_owner()
+    assert flight.request(scope, job) and flight.acquire(scope, job)
+    assert flight.request(scope) is False
+    flight.requeue(scope, job, 0.05)  # a transient failure: retried after its countdown
+    assert flight.acquire(scope, job, resume=True)
+    assert flight.release(scope, job) is True
+
+
+def test_the_pending_marker_names_its_run_and_lapses_after_the_queue_bound(
+    redis_client: redis.Redis,
+) -> None:
+    flight, scope = _flight(redis_client, lease_s=0.1, pending_ttl_s=0.3)
+    job = new_owner()
+    assert flight.request(scope, job)
+    assert flight.holder(scope) == job
+    time.sleep(0.5)  # its message was lost: nothing ever started it
+    assert flight.holder(scope) is None
+    assert flight.request(scope, new_owner()) is True  # the store is not blocked any longer
+
+
+def test_a_re_published_run_stays_pending_for_its_countdown(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client, lease_s=0.1, pending_ttl_s=0.3)
+    job = new_owner()
+    assert flight.request(scope, job)
+    flight.requeue(scope, job, 1.0)  # deferred one second
+    time.sleep(0.5)  # past the queue bound, within the countdown
+    assert flight.request(scope) is False
+    assert flight.holder(scope) == job
+    time.sleep(1.0)  # past countdown plus bound: it never came back
+    assert flight.request(scope, new_owner()) is True
+
+
+def test_a_marker_whose_run_ended_is_taken_over_once(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    ended, first, second = new_owner(), new_owner(), new_owner()
+    assert flight.request(scope, ended)  # its worker died after the job succeeded
+    assert flight.request(scope, first) is False
+    assert flight.take_over(scope, ended, first) is True
+    assert flight.take_over(scope, ended, second) is False  # a racing caller loses
+    assert flight.holder(scope) == first
+    assert flight.take_over(scope, None, second) is False  # "no marker" is not true either
+    flight.cancel(scope, second)  # not its marker: left alone
+    assert flight.holder(scope) == first
+    flight.cancel(scope, first)
+    assert flight.take_over(scope, None, second) is True
+
+
+def test_a_run_whose_marker_was_taken_over_leaves_it_to_the_newer_run(
+    redis_client: redis.Redis,
+) -> None:
+    flight, scope = _flight(redis_client)
+    old, new = new_owner(), new_owner()
+    assert flight.request(scope, old) and flight.acquire(scope, old)
+    assert flight.request(scope) is False
+    assert flight.take_over(scope, old, new)  # the ledger said old had ended
+    assert flight.release(scope, old) is False  # the newer run covers the request
+    assert flight.holder(scope) == new
+    assert flight.acquire(scope, new) and flight.release(scope, new) is False
+
+
+def test_a_turned_away_runner_points_the_marker_at_the_lease_holder(
+    redis_client: redis.Redis,
+) -> None:
+    flight, scope = _flight(redis_client)
+    running, late = new_owner(), new_owner()
+    assert flight.acquire(scope, running)
+    assert not flight.acquire(scope, late)
+    assert flight.holder(scope) == running
+    assert flight.release(scope, running) is True
