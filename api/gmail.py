@@ -1,4 +1,27 @@
-"""``POST /webhooks/gmail``: Pub/Sub push of Gmail watch notifications."""
+"""``POST /webhooks/gmail``: Pub/Sub push of Gmail watch notifications.
+
+Pub/Sub treats only 102, 200, 201, 202 and 204 as an acknowledgement; every other status is a
+negative acknowledgement, and the message is redelivered with backoff until the subscription's
+retention ends (up to 7 days) — Google Cloud, "Push subscriptions" / "Receive messages using
+push", acknowledgement status codes. So each answer is chosen by whether a retry could help:
+
+=============================================  ======  =========================================
+case                                           status  why
+=============================================  ======  =========================================
+sync requested or folded into the pending one  204     acknowledged: done
+authenticated, but never processable:          204     acknowledged (success = false, "ignored
+unreadable or too large body, bad base64,              (<reason>): …" in the delivery log,
+non-JSON data, missing or mistyped fields,             counted): a redelivery would fail the same
+unknown (deleted) mailbox, store not active            way for 7 days
+missing, invalid or expired token              401     not from Pub/Sub: refused, learns nothing,
+token of another account, email unverified     403     no delivery-log row (counted, logged)
+our database, Redis, broker or Google's JWKS   503     our outage: Pub/Sub retries, and the retry
+unreachable; push account not configured               succeeds once we are back
+=============================================  ======  =========================================
+
+The token is verified before the body is looked at, so nothing about the body reaches a sender
+that is not Pub/Sub.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +34,20 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.errors import Rejected
-from api.intake import Intake, answer, clean_id, parse_json, read_intake, record
+from api.intake import Delivered, Intake, Receiver, answer, clean_id, read_intake, record
 from api.lookups import gmail_store, touch_gmail_watch
+from api.outcomes import Ignored, IgnoreReason
 from api.push_auth import PushTokenVerifier
 from models import SyncTrigger
-from safeguards.health_metrics.prometheus import count_webhook
 from syncguard.db import service_session
 from tasks.sync.requests import request_sync
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_TYPE = "gmail_push"
+#: Pub/Sub push's acknowledgement: 204 No Content (one of 102, 200, 201, 202, 204).
+ACK_STATUS = 204
+RECEIVER = Receiver("gmail", WEBHOOK_TYPE, ACK_STATUS)
 #: Longest mailbox address we look up, in characters (the column's width).
 MAX_ADDRESS_CHARS = 320
 #: Translates the base64url alphabet to the standard one (Pub/Sub may send either).
@@ -39,64 +64,66 @@ class GmailNotification:
     history_id: str
 
 
-@router.post("/webhooks/gmail", status_code=204)
+@router.post("/webhooks/gmail", status_code=ACK_STATUS)
 def gmail_push(request: Request, intake: Annotated[Intake, Depends(read_intake)]) -> Response:
     """Verify the push, then enqueue (or fold) a sync of the mailbox's store; 204 when done."""
     verifier = cast(PushTokenVerifier, request.app.state.push_verifier)
     message_id = _peek_message_id(intake.body)
 
-    def process() -> Response:
+    def process() -> Delivered:
         verifier.verify(request.headers.get("authorization"), str(request.url))
-        notification = decode_push(parse_json(intake.body))
+        notification = decode_push(intake.json())
         with service_session() as session:
             store = gmail_store(session, notification.email_address)
         if store is None:
-            raise Rejected(404, "unknown mailbox address", webhook_id=message_id)
+            raise Ignored(IgnoreReason.UNKNOWN_MAILBOX, "no store has this mailbox address")
         # The notification's historyId is only logged: the sync reads from our stored cursor.
         logger.info("gmail push for store %s at historyId %s", store.id, notification.history_id)
-        note = None
-        if store.syncable:
-            request_sync(store.id, SyncTrigger.WEBHOOK)
-        else:
-            note = f"store is {store.status.value}: no sync"
         with service_session() as session:
-            touch_gmail_watch(session, store.id)
-            record(intake, store.id, message_id, WEBHOOK_TYPE, 204, note, session=session)
-        return Response(status_code=204)
+            touch_gmail_watch(session, store.id)  # the watch works, whatever the store's state
+        if not store.syncable:
+            raise Ignored(
+                IgnoreReason.STORE_INACTIVE, f"store is {store.status.value}", store_id=store.id
+            )
+        request_sync(store.id, SyncTrigger.WEBHOOK)
+        record(intake, store.id, message_id, WEBHOOK_TYPE, ACK_STATUS, None)
+        return Delivered(Response(status_code=ACK_STATUS))
 
-    response = answer(intake, WEBHOOK_TYPE, process, message_id)
-    count_webhook("gmail", WEBHOOK_TYPE, response.status_code, intake.elapsed_ms() / 1000)
-    return response
+    return answer(intake, RECEIVER, process, message_id)
 
 
 def decode_push(body: Any) -> GmailNotification:
-    """The notification inside a Pub/Sub push body, or a 400 naming what is wrong."""
+    """The notification inside a Pub/Sub push body; Ignored (malformed) naming what is wrong."""
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, dict):
-        raise Rejected(400, "body lacks a message object")
+        raise _malformed("body lacks a message object")
     data = message.get("data")
     if not isinstance(data, str) or not data:
-        raise Rejected(400, "message.data missing")
+        raise _malformed("message.data missing")
     try:
         raw = data.strip().rstrip("=").encode("ascii").translate(_URLSAFE)
         decoded = base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except (UnicodeEncodeError, binascii.Error) as exc:
-        raise Rejected(400, "message.data is not valid base64") from exc
+        raise _malformed("message.data is not valid base64") from exc
     try:
         payload = json.loads(decoded)
     except (ValueError, RecursionError) as exc:
-        raise Rejected(400, "message.data is not JSON") from exc
+        raise _malformed("message.data is not JSON") from exc
     if not isinstance(payload, dict):
-        raise Rejected(400, "message.data is not a JSON object")
+        raise _malformed("message.data is not a JSON object")
     address = payload.get("emailAddress")
     if not isinstance(address, str) or not _plausible_address(address):
-        raise Rejected(400, "message.data lacks a valid emailAddress")
+        raise _malformed("message.data lacks a valid emailAddress")
     history_id = payload.get("historyId")
     if isinstance(history_id, bool) or not isinstance(history_id, str | int):
-        raise Rejected(400, "message.data lacks a historyId string or number")
-    if not str(history_id).isdigit():
-        raise Rejected(400, "message.data historyId is not a number")
+        raise _malformed("message.data lacks a historyId string or number")
+    if not (str(history_id).isascii() and str(history_id).isdigit()):
+        raise _malformed("message.data historyId is not a number")
     return GmailNotification(address, str(history_id))
+
+
+def _malformed(detail: str) -> Ignored:
+    return Ignored(IgnoreReason.MALFORMED, detail)
 
 
 def _plausible_address(address: str) -> bool:

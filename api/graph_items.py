@@ -1,4 +1,9 @@
-"""Judging the items of a Graph notification body: whose subscription, authentic, what to do."""
+"""Judging the items of a Graph notification body: whose subscription, authentic, what to do.
+
+Every item Graph can never have us process becomes an ``Ignored`` verdict (acknowledged with the
+rest of the body, see ``api.outlook``); only an item whose clientState matches a subscription we
+hold is *verified*, and only verified items are written to the delivery log.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.errors import Rejected
 from api.intake import clean_id
 from api.lookups import SubscriptionRef
+from api.outcomes import Ignored, IgnoreReason
 
 NOTIFICATION_TYPE = "outlook_notification"
 LIFECYCLE_TYPE = "outlook_lifecycle"
@@ -26,13 +31,16 @@ class LifecycleEvent(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Verdict:
-    """One item judged: its subscription id, kind, subscription row and refusal (if refused)."""
+    """One item judged: subscription id, kind, verified subscription, and why ignored (if so).
+
+    ``subscription`` is set only when the item's clientState matched it (the item is verified).
+    """
 
     subscription_id: str | None
     webhook_type: str
     subscription: SubscriptionRef | None = None
     lifecycle_event: LifecycleEvent | None = None
-    rejection: Rejected | None = None
+    ignored: Ignored | None = None
 
     @property
     def store_id(self) -> uuid.UUID | None:
@@ -41,12 +49,12 @@ class Verdict:
 
 
 def parse_items(body: Any) -> list[Any]:
-    """The ``value`` list of a Graph notification body, or a 400."""
+    """The ``value`` list of a Graph notification body; Ignored (malformed) when there is none."""
     items = body.get("value") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise Rejected(400, "body lacks a value array")
+        raise Ignored(IgnoreReason.MALFORMED, "body lacks a value array")
     if not items:
-        raise Rejected(400, "value array is empty")
+        raise Ignored(IgnoreReason.MALFORMED, "value array is empty")
     return items
 
 
@@ -63,22 +71,37 @@ def judge(item: Any, subscriptions: Mapping[str, SubscriptionRef], lifecycle_url
     # The payload says what it is: an item with lifecycleEvent is one wherever it arrives.
     kind = LIFECYCLE_TYPE if "lifecycleEvent" in raw or lifecycle_url else NOTIFICATION_TYPE
     if not isinstance(item, dict):
-        return Verdict(None, kind, rejection=Rejected(400, "item is not an object"))
+        return Verdict(None, kind, ignored=Ignored(IgnoreReason.MALFORMED, "item is not an object"))
     if sub_id is None:
-        return Verdict(None, kind, rejection=Rejected(400, "item lacks a subscriptionId"))
+        detail = "item lacks a subscriptionId"
+        return Verdict(None, kind, ignored=Ignored(IgnoreReason.MALFORMED, detail))
     subscription = subscriptions.get(sub_id)
-    if subscription is None:
-        return Verdict(sub_id, kind, rejection=Rejected(404, "unknown subscription"))
-    if not client_state_matches(raw.get("clientState"), subscription.client_state_hash):
-        refused = Rejected(403, "clientState does not match")
-        return Verdict(sub_id, kind, subscription, rejection=refused)
-    if kind == NOTIFICATION_TYPE:
-        return Verdict(sub_id, kind, subscription)
-    try:
-        event = LifecycleEvent(str(raw.get("lifecycleEvent")))
-    except ValueError:
-        refused = Rejected(400, "unknown or missing lifecycleEvent")
-        return Verdict(sub_id, kind, subscription, rejection=refused)
+    if subscription is None or not client_state_matches(
+        raw.get("clientState"), subscription.client_state_hash
+    ):
+        detail = "unknown subscription" if subscription is None else "clientState does not match"
+        return Verdict(sub_id, kind, ignored=Ignored(IgnoreReason.UNVERIFIED, detail))
+    return _judge_verified(raw, sub_id, kind, subscription)
+
+
+def _judge_verified(
+    raw: dict[str, Any], sub_id: str, kind: str, subscription: SubscriptionRef
+) -> Verdict:
+    """The verdict on an item whose clientState matched ``subscription``."""
+    event: LifecycleEvent | None = None
+    if kind == LIFECYCLE_TYPE:
+        try:
+            event = LifecycleEvent(str(raw.get("lifecycleEvent")))
+        except ValueError:
+            detail = "unknown or missing lifecycleEvent"
+            unknown = Ignored(IgnoreReason.UNKNOWN_EVENT, detail, store_id=subscription.store.id)
+            return Verdict(sub_id, kind, subscription, ignored=unknown)
+    store = subscription.store
+    if event in (None, LifecycleEvent.MISSED) and not store.syncable:
+        # Subscription upkeep (reauthorize, recreate) goes on; only syncs wait for the store.
+        detail = f"store is {store.status.value}"
+        inactive = Ignored(IgnoreReason.STORE_INACTIVE, detail, store_id=store.id)
+        return Verdict(sub_id, kind, subscription, event, ignored=inactive)
     return Verdict(sub_id, kind, subscription, lifecycle_event=event)
 
 

@@ -1,4 +1,8 @@
-"""Reading an inbound body under the size limit, and answering and logging one delivery."""
+"""Reading an inbound body under the size limit, and answering, logging and counting a delivery.
+
+``answer`` is the one place a receiver's outcome (see ``api.outcomes``) becomes an HTTP status,
+a ``webhook_delivery_log`` row and a Prometheus observation.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.errors import OUTAGE_ERRORS, Rejected
+from api.outcomes import NEVER_SUCCEEDING_ERRORS, Ignored, IgnoreReason, as_ignored
 from safeguards.delivery_log import log_webhook_delivery
+from safeguards.health_metrics.prometheus import WebhookOutcome, count_webhook
 from syncguard.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -26,15 +32,36 @@ MAX_ID_CHARS = 255
 
 @dataclass(frozen=True)
 class Intake:
-    """The body as read, when reading began, and the rejection reading it earned (if any)."""
+    """The body as read, when reading began, and why it could not be read (if it could not)."""
 
     started: float
     body: bytes
-    rejection: Rejected | None = None
+    #: Why the body was not read: too large, or an invalid Content-Length. Else None.
+    unreadable: str | None = None
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the request arrived."""
         return round((time.monotonic() - self.started) * 1000)
+
+    def json(self) -> Any:
+        """The body as JSON; Ignored (malformed) when it was not read or does not parse."""
+        if self.unreadable is not None:
+            raise Ignored(IgnoreReason.MALFORMED, self.unreadable)
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise Ignored(IgnoreReason.MALFORMED, "malformed JSON body") from exc
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a receiver made of a delivery: its answer, and the notifications it ignored."""
+
+    response: Response
+    #: Whether at least one notification was acted on (else every one was ignored).
+    processed: bool = True
+    #: One reason per notification acknowledged without processing.
+    ignored: tuple[IgnoreReason, ...] = ()
 
 
 def app_settings(request: Request) -> Settings:
@@ -43,14 +70,14 @@ def app_settings(request: Request) -> Settings:
 
 
 async def read_intake(request: Request) -> Intake:
-    """The body, refused with 413 past the limit by Content-Length or by the bytes read."""
+    """The body, or why it was not read: past the limit by Content-Length or by the bytes read."""
     started = getattr(request.state, "started", None) or time.monotonic()
     limit = app_settings(request).webhook_max_body_bytes
-    too_large = Rejected(413, f"body exceeds {limit} bytes")
+    too_large = f"body exceeds {limit} bytes"
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            return Intake(started, b"", Rejected(400, "invalid Content-Length"))
+            return Intake(started, b"", "invalid Content-Length")
         if int(declared) > limit:
             return Intake(started, b"", too_large)
     chunks: list[bytes] = []
@@ -61,14 +88,6 @@ async def read_intake(request: Request) -> Intake:
             return Intake(started, b"", too_large)
         chunks.append(chunk)
     return Intake(started, b"".join(chunks))
-
-
-def parse_json(body: bytes) -> Any:
-    """The body as JSON, or a 400."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise Rejected(400, "malformed JSON body") from exc
 
 
 def clean_id(value: object) -> str | None:
@@ -83,33 +102,92 @@ def json_error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
+@dataclass(frozen=True)
+class Receiver:
+    """Who answers: provider and kind (metric labels), the ack status, whether to log ignores.
+
+    ``log_ignored`` is False where the sender is not yet authenticated when a whole-delivery
+    Ignored can be raised (Graph: clientState is checked per item), so anyone could fill the log.
+    """
+
+    provider: str
+    webhook_type: str
+    ack_status: int
+    log_ignored: bool = True
+
+
 def answer(
-    intake: Intake, webhook_type: str, process: Callable[[], Response], webhook_id: str | None
+    intake: Intake,
+    receiver: Receiver,
+    process: Callable[[], Delivered],
+    webhook_id: str | None = None,
 ) -> Response:
-    """Run ``process``; log a rejection (4xx) or an outage (503) as one failed delivery."""
+    """Run ``process`` and turn its outcome into the answer, the log row and the count."""
+    outcome: WebhookOutcome = "processed"
+    ignored: tuple[IgnoreReason, ...] = ()
     try:
-        if intake.rejection is not None:
-            raise intake.rejection
-        return process()
+        try:
+            delivered = process()
+        except NEVER_SUCCEEDING_ERRORS as exc:
+            raise as_ignored(exc) from exc
+    except Ignored as exc:
+        response = _acknowledge(intake, receiver, exc, webhook_id)
+        if response.status_code == 503:  # the log was unreachable: not acknowledged after all
+            outcome = "unavailable"
+        else:
+            outcome, ignored = "ignored", (exc.reason,)
     except Rejected as exc:
-        failure = exc
+        logger.warning("%s refused with %d: %s", receiver.webhook_type, exc.status, exc.reason)
+        response = json_error(exc.status, exc.reason)
+        outcome = "refused" if exc.status < 500 else "unavailable"
     except OUTAGE_ERRORS as exc:
-        logger.warning("%s refused with 503: %s", webhook_type, type(exc).__name__, exc_info=True)
-        _log_best_effort(intake, webhook_type, webhook_id, f"unavailable: {type(exc).__name__}")
-        return json_error(503, "temporarily unavailable")
+        response, outcome = _unavailable(intake, receiver, webhook_id, exc), "unavailable"
+    else:
+        response, ignored = delivered.response, delivered.ignored
+        outcome = "processed" if delivered.processed else "ignored"
+    count_webhook(
+        receiver.provider,
+        receiver.webhook_type,
+        response.status_code,
+        intake.elapsed_ms() / 1000,
+        outcome,
+        ignored,
+    )
+    return response
+
+
+def _acknowledge(
+    intake: Intake, receiver: Receiver, ignored: Ignored, webhook_id: str | None
+) -> Response:
+    """The ack for a notification that can never be processed, logged when authenticated."""
+    logger.info("%s %s", receiver.webhook_type, ignored.message)
+    if receiver.log_ignored:
+        try:
+            record(
+                intake,
+                ignored.store_id,
+                ignored.webhook_id or webhook_id,
+                receiver.webhook_type,
+                receiver.ack_status,
+                ignored.message,
+                success=False,
+            )
+        except OUTAGE_ERRORS as exc:  # unlogged: let the sender retry once we are back
+            return _unavailable(intake, receiver, webhook_id, exc)
+    return Response(status_code=receiver.ack_status)
+
+
+def _unavailable(
+    intake: Intake, receiver: Receiver, webhook_id: str | None, exc: BaseException
+) -> Response:
+    """503 so the sender redelivers; logged if the log itself is reachable."""
+    name = type(exc).__name__
+    logger.warning("%s answered 503: %s", receiver.webhook_type, name, exc_info=exc)
     try:
-        record(
-            intake,
-            failure.store_id,
-            failure.webhook_id or webhook_id,
-            webhook_type,
-            failure.status,
-            failure.reason,
-        )
+        record(intake, None, webhook_id, receiver.webhook_type, 503, f"unavailable: {name}")
     except OUTAGE_ERRORS:
-        logger.warning("%s: delivery log unreachable", webhook_type, exc_info=True)
-        return json_error(503, "temporarily unavailable")
-    return json_error(failure.status, failure.reason)
+        logger.error("%s: could not log the 503 either", receiver.webhook_type, exc_info=True)
+    return json_error(503, "temporarily unavailable")
 
 
 def record(
@@ -135,12 +213,3 @@ def record(
         intake.elapsed_ms(),
         session=session,
     )
-
-
-def _log_best_effort(
-    intake: Intake, webhook_type: str, webhook_id: str | None, error_message: str
-) -> None:
-    try:
-        record(intake, None, webhook_id, webhook_type, 503, error_message)
-    except OUTAGE_ERRORS:
-        logger.error("%s: could not log the 503 either", webhook_type, exc_info=True)

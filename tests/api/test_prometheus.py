@@ -91,17 +91,14 @@ def test_counters_move_as_a_real_worker_runs_tasks(
         assert moved >= 2
 
 
-def test_inbound_webhooks_are_counted_by_status_class(client: httpx.Client) -> None:
+def test_inbound_webhooks_are_counted_by_status_class_and_outcome(client: httpx.Client) -> None:
     labels = {"provider": "gmail", "kind": "gmail_push"}
     before = scrape(client)
-    assert client.post("/webhooks/gmail", content=b"{not json").status_code // 100 == 4
+    assert client.post("/webhooks/gmail", content=b"{not json").status_code == 401  # no token
     after = scrape(client)
     name = "syncguard_webhook_deliveries_total"
-    assert (
-        sample(after, name, status_class="4xx", **labels)
-        - sample(before, name, status_class="4xx", **labels)
-        == 1
-    )
+    refused = {"status_class": "4xx", "outcome": "refused", **labels}
+    assert sample(after, name, **refused) - sample(before, name, **refused) == 1
     count = "syncguard_webhook_delivery_duration_seconds_count"
     assert sample(after, count, **labels) - sample(before, count, **labels) == 1
 
