@@ -45,9 +45,6 @@ KEY_SCOPE = "prometheus"
 
 Safeguard = Literal["rate_limit", "circuit_breaker"]
 Decision = Literal["allowed", "refused", "unavailable"]
-#: What an inbound webhook delivery ended in (see api/outcomes.py): acted on; acknowledged but
-#: never processable; refused (unauthenticated); our own outage (503).
-WebhookOutcome = Literal["processed", "ignored", "refused", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -75,13 +72,8 @@ SAFEGUARD_DECISIONS = Family(
 )
 WEBHOOK_DELIVERIES = Family(
     "syncguard_webhook_deliveries_total",
-    "Inbound webhook deliveries by the HTTP status class answered and their outcome.",
-    ("provider", "kind", "status_class", "outcome"),
-)
-WEBHOOK_IGNORED = Family(
-    "syncguard_webhook_notifications_ignored_total",
-    "Inbound notifications acknowledged without processing, by reason.",
-    ("provider", "kind", "reason"),
+    "Inbound webhook deliveries by the HTTP status class answered.",
+    ("provider", "kind", "status_class"),
 )
 WEBHOOK_DURATION = Family(
     "syncguard_webhook_delivery_duration_seconds",
@@ -89,14 +81,25 @@ WEBHOOK_DURATION = Family(
     ("provider", "kind"),
     WEBHOOK_BUCKETS_S,
 )
+STORABLE_REPAIRS = Family(
+    "syncguard_text_made_storable_total",
+    "Provider-supplied values changed so PostgreSQL can store them (NUL, surrogates, length).",
+    ("table", "field"),
+)
+ROWS_SET_ASIDE = Family(
+    "syncguard_rows_set_aside_total",
+    "Provider records the database refused, set aside (archived) while the rest committed.",
+    ("table", "error"),
+)
 #: Every family a scrape reads from Redis.
 FAMILIES = (
     TASKS_TOTAL,
     TASK_DURATION,
     SAFEGUARD_DECISIONS,
     WEBHOOK_DELIVERIES,
-    WEBHOOK_IGNORED,
     WEBHOOK_DURATION,
+    STORABLE_REPAIRS,
+    ROWS_SET_ASIDE,
 )
 
 Pipeline = Any  # redis.client.Pipeline, generic in redis' stubs
@@ -203,24 +206,31 @@ def count_decision(safeguard: Safeguard, decision: Decision) -> None:
     COUNTERS.send(lambda pipe: _inc(pipe, SAFEGUARD_DECISIONS, (safeguard, decision)))
 
 
-def count_webhook(
-    provider: str,
-    kind: str,
-    status: int,
-    duration_s: float,
-    outcome: WebhookOutcome = "processed",
-    ignored: Iterable[str] = (),
-) -> None:
-    """Count a delivery (status class, outcome), its ignored notifications, its latency."""
-    reasons = [str(reason) for reason in ignored]
+def count_webhook(provider: str, kind: str, status: int, duration_s: float) -> None:
+    """Count one inbound webhook delivery by status class and observe its latency."""
 
     def build(pipe: Pipeline) -> None:
-        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx", outcome))
-        for reason in reasons:
-            _inc(pipe, WEBHOOK_IGNORED, (provider, kind, reason))
+        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx"))
         _observe(pipe, WEBHOOK_DURATION, (provider, kind), duration_s)
 
     COUNTERS.send(build)
+
+
+def count_storable_repairs(table: str, fields: Iterable[str]) -> None:
+    """Count each field of one row whose provider value was changed to be storable."""
+    names = list(fields)
+
+    def build(pipe: Pipeline) -> None:
+        for name in names:
+            _inc(pipe, STORABLE_REPAIRS, (table, name))
+
+    if names:
+        COUNTERS.send(build)
+
+
+def count_set_aside(table: str, error: str) -> None:
+    """Count one provider record set aside because the database refused it (``error``: class)."""
+    COUNTERS.send(lambda pipe: _inc(pipe, ROWS_SET_ASIDE, (table, error)))
 
 
 def read_family(family: Family, raw: dict[bytes, bytes]) -> Metric:

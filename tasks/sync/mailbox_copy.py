@@ -1,18 +1,52 @@
-"""The local copy of a mailbox: idempotent bulk writes of one provider page at a time."""
+"""The local copy of a mailbox: idempotent bulk writes of one provider page at a time.
+
+Provider text becomes storable here, the one boundary between provider payloads and rows
+(``safeguards.storable``): NUL and unpaired surrogates are replaced, over-long ids fitted, and
+each changed field is counted, logged and noted on the row (``extra["storable_repaired"]``).
+A page the database still refuses is written row by row, each in its own savepoint, so the
+rows it accepts commit and only the ones it refuses are returned to be set aside.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, delete, func, literal, text
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from models import SyncedMessage
 from providers.base import LabelChange, RemoteMessage
+from safeguards.health_metrics.prometheus import count_storable_repairs
+from safeguards.storable import (
+    DATA_ERRORS,
+    is_storable,
+    storable_fields,
+    storable_optional,
+    storable_text,
+)
+
+log = logging.getLogger(__name__)
+
+#: Width of the provider id columns of ``synced_messages``, characters (models.sync).
+ID_CHARS = 255
+#: Every provider text field of a row, with its column's width (None: unbounded text).
+_TEXT_BOUNDS: dict[str, int | None] = {
+    "provider_message_id": ID_CHARS,
+    "thread_id": ID_CHARS,
+    "labels": None,
+    "subject": None,
+    "sender": None,
+    "provider_version": ID_CHARS,
+}
+#: Key of ``synced_messages.extra`` listing the fields whose provider value was changed.
+REPAIRED_KEY = "storable_repaired"
+_TABLE = "synced_messages"
 
 # Adds and removes labels in SQL, so applying the same change twice changes nothing.
 _RELABEL = text(
@@ -24,44 +58,136 @@ _RELABEL = text(
 )
 
 
+@dataclass(frozen=True)
+class RefusedRow:
+    """A message the database refused even after its text was made storable."""
+
+    provider_message_id: str
+    #: The exception's class, e.g. ``DataError``.
+    error: str
+    #: The database's message (no parameters: they may hold the message's contents).
+    reason: str
+
+
+@dataclass
+class Upserted:
+    """What one page's upsert stored, and what it had to refuse."""
+
+    stored: int = 0
+    refused: list[RefusedRow] = field(default_factory=list)
+
+
+def message_key(message_id: str) -> str:
+    """A provider message id as stored: the same mapping for upserts, deletes and relabels."""
+    return storable_text(message_id, ID_CHARS)
+
+
+def storable_cursor(store_id: uuid.UUID, value: str | None) -> str | None:
+    """A provider cursor or page token as stored (``sync_cursor``, the job's checkpoint).
+
+    A changed cursor is no longer the provider's: it is logged and counted, and the provider's
+    refusal of it then starts a full resync (a lost cursor), which is the honest outcome.
+    """
+    if value is None or is_storable(value):
+        return value
+    log.warning("store %s: provider cursor made storable, expect a full resync", store_id)
+    count_storable_repairs("sync_jobs", ["cursor"])
+    return storable_text(value)
+
+
+def _storable_labels(labels: Sequence[str]) -> list[str]:
+    return sorted({storable_text(label) for label in labels})
+
+
 def _row(store_id: uuid.UUID, message: RemoteMessage) -> dict[str, Any]:
-    return {
-        "store_id": store_id,
+    raw: dict[str, Any] = {
         "provider_message_id": message.provider_message_id,
         "thread_id": message.thread_id,
-        "labels": sorted(set(message.labels)),
+        "labels": list(message.labels),
         "subject": message.subject,
         "sender": message.sender,
-        "received_at": message.received_at,
-        "size_bytes": message.size_bytes,
         "provider_version": message.version,
     }
+    repaired = storable_fields(raw, _TEXT_BOUNDS)
+    row = {
+        "store_id": store_id,
+        "provider_message_id": message_key(message.provider_message_id),
+        "thread_id": storable_optional(message.thread_id, ID_CHARS),
+        "labels": _storable_labels(message.labels),
+        "subject": storable_optional(message.subject),
+        "sender": storable_optional(message.sender),
+        "received_at": message.received_at,
+        "size_bytes": message.size_bytes,
+        "provider_version": storable_optional(message.version, ID_CHARS),
+        "extra": {REPAIRED_KEY: repaired} if repaired else {},
+    }
+    if repaired:
+        log.warning(
+            "store %s message %r: made %s storable (NUL, unpaired surrogate or over-long)",
+            store_id,
+            row["provider_message_id"],
+            ", ".join(repaired),
+        )
+        count_storable_repairs(_TABLE, repaired)
+    return row
 
 
-def upsert_messages(
-    session: Session, store_id: uuid.UUID, messages: Sequence[RemoteMessage]
-) -> int:
-    """Insert or update ``messages`` in one statement, keyed by provider message id."""
-    if not messages:
-        return 0
-    # A provider page may repeat a message (Graph delta); the last version wins.
-    latest = {m.provider_message_id: m for m in messages}
-    rows = [_row(store_id, m) for m in latest.values()]
+def _upsert(rows: list[dict[str, Any]]) -> Any:
     stmt = insert(SyncedMessage).values(rows)
     changed = {
         name: stmt.excluded[name]
         for name in ("thread_id", "labels", "subject", "sender", "received_at", "size_bytes")
     }
-    stmt = stmt.on_conflict_do_update(
+    # The repair note describes the latest version only; other keys of ``extra`` stay.
+    extra = SyncedMessage.extra.op("-")(literal(REPAIRED_KEY)).op("||")(stmt.excluded.extra)
+    return stmt.on_conflict_do_update(
         index_elements=["store_id", "provider_message_id"],
         set_={
             **changed,
+            "extra": extra.cast(JSONB),
             "provider_version": stmt.excluded.provider_version,
             "updated_at": func.now(),
         },
     )
-    session.execute(stmt)
-    return len(rows)
+
+
+def upsert_messages(
+    session: Session, store_id: uuid.UUID, messages: Sequence[RemoteMessage]
+) -> Upserted:
+    """Insert or update ``messages`` keyed by provider message id; refused rows are returned.
+
+    One statement when the database accepts the page; otherwise (a DataError or
+    IntegrityError, see ``safeguards.storable.DATA_ERRORS``) one savepoint per row.
+    """
+    if not messages:
+        return Upserted()
+    # A provider page may repeat a message (Graph delta); the last version wins.
+    latest = {message_key(m.provider_message_id): m for m in messages}
+    rows = [_row(store_id, m) for m in latest.values()]
+    try:
+        with session.begin_nested():
+            session.execute(_upsert(rows))
+        return Upserted(stored=len(rows))
+    except DATA_ERRORS as exc:
+        log.warning("store %s: page refused (%s), writing it row by row", store_id, _kind(exc))
+    result = Upserted()
+    for row in rows:
+        try:
+            with session.begin_nested():
+                session.execute(_upsert([row]))
+            result.stored += 1
+        except DATA_ERRORS as exc:
+            result.refused.append(RefusedRow(row["provider_message_id"], _kind(exc), _why(exc)))
+    return result
+
+
+def _kind(exc: BaseException) -> str:
+    return type(getattr(exc, "orig", None) or exc).__name__
+
+
+def _why(exc: BaseException) -> str:
+    # SQLAlchemy's str() appends the statement's parameters: the message's own text.
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:500]
 
 
 def delete_messages(session: Session, store_id: uuid.UUID, message_ids: Sequence[str]) -> int:
@@ -71,7 +197,7 @@ def delete_messages(session: Session, store_id: uuid.UUID, message_ids: Sequence
     result = session.execute(
         delete(SyncedMessage).where(
             SyncedMessage.store_id == store_id,
-            SyncedMessage.provider_message_id.in_(list(message_ids)),
+            SyncedMessage.provider_message_id.in_([message_key(i) for i in message_ids]),
         )
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -86,9 +212,9 @@ def relabel_messages(session: Session, store_id: uuid.UUID, changes: Sequence[La
         [
             {
                 "store_id": store_id,
-                "message_id": c.provider_message_id,
-                "added": list(c.added),
-                "removed": list(c.removed),
+                "message_id": message_key(c.provider_message_id),
+                "added": _storable_labels(c.added),
+                "removed": _storable_labels(c.removed),
             }
             for c in changes
         ],

@@ -32,10 +32,12 @@ from tasks.sync.mailbox_copy import (
     database_now,
     delete_messages,
     relabel_messages,
+    storable_cursor,
     sweep_unseen,
     upsert_messages,
 )
 from tasks.sync.requests import enqueue_job, sync_flight
+from tasks.sync.set_aside import set_aside
 from tasks.webhooks import ensure_healthy_subscription
 
 
@@ -164,8 +166,11 @@ class SyncRun:
                 upserted = upsert_messages(session, store_id, page.upserts)
                 deleted = delete_messages(session, store_id, page.deleted_ids)
                 relabel_messages(session, store_id, page.label_changes)
-            self.checkpoint["page_token"] = page.next_page_token
-            self._save(session, upserted, deleted, cursor)
+            # Refused messages are archived with this page, so the cursor still moves past them.
+            set_aside(session, store_id, self.job.id, upserted.refused)
+            self.checkpoint["page_token"] = storable_cursor(store_id, page.next_page_token)
+            cursor = storable_cursor(store_id, cursor)
+            self._save(session, upserted.stored, deleted, cursor)
         self.pages += 1
         self.done = cursor is not None
         if not sync_flight().renew(str(store_id), str(self.job.id)):

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery.result import AsyncResult
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from models import (
     FailureCategory,
     Provider,
     Store,
     StoreStatus,
+    SyncedMessage,
     SyncJob,
     SyncJobStatus,
     SyncKind,
 )
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
+from safeguards.health_metrics.prometheus import STORABLE_REPAIRS, Family
 from syncguard.db import service_session
 from tasks.outbound.delivery import register_endpoint
 from tasks.outbound.signing import verify
@@ -229,3 +233,87 @@ def _status(engine: Engine, job_id: uuid.UUID) -> SyncJobStatus | None:
     with service_session(engine) as session:
         job = session.get(SyncJob, job_id)
         return job.status if job else None
+
+
+# -- provider data never breaks a sync (issue 10, kind 3) -----------------------------------------
+
+
+def _messages(engine: Engine, store_id: uuid.UUID) -> dict[str, SyncedMessage]:
+    with service_session(engine) as session:
+        rows = session.scalars(select(SyncedMessage).where(SyncedMessage.store_id == store_id))
+        return {row.provider_message_id: row for row in rows}
+
+
+def _counter(family: Family, *labels: str) -> float:
+    raw = redis.Redis.from_url(os.environ["REDIS_URL"]).hgetall(family.redis_key())
+    return float(raw.get(json.dumps(list(labels), separators=(",", ":")).encode(), 0))
+
+
+def test_a_nul_in_a_gmail_subject_is_stored_replaced_and_recorded(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    # Given a mailbox of three messages, one whose Subject header holds a NUL
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    plain = [mailbox.add("Order 1"), mailbox.add("Order 2")]
+    bad = mailbox.add("Invoice\u0000 #42")
+    repairs = _counter(STORABLE_REPAIRS, "synced_messages", "subject")
+
+    # When it is synced
+    job_id = request_sync(store_id)
+    assert job_id is not None
+    job = wait_for_job(engine, job_id)
+
+    # Then all three are stored, the subject made storable and the change noted and counted
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    assert job.attempts == 1
+    assert AsyncResult(job.celery_task_id).get(timeout=30)["retries"] == 0
+    stored = _messages(engine, store_id)
+    assert set(stored) == {*plain, bad}
+    assert stored[bad].subject == "Invoice\ufffd #42"
+    assert stored[bad].extra == {"storable_repaired": ["subject"]}
+    assert stored[plain[0]].extra == {}
+    assert _counter(STORABLE_REPAIRS, "synced_messages", "subject") == repairs + 1
+    assert list_entries(ArchiveFilter(store_id=store_id)) == []
+
+    # And every later full sync of the mailbox succeeds the same way
+    mailbox.add("after the gap")
+    mailbox.post("expire-history")
+    again = _sync(engine, store_id)
+    [resync] = [j for j in jobs_of(engine, store_id) if j.id == again]
+    assert resync.kind is SyncKind.FULL
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
+    assert _messages(engine, store_id)[bad].subject == "Invoice\ufffd #42"
+    assert list_entries(ArchiveFilter(store_id=store_id)) == []
+
+
+def test_outlook_nul_sender_category_and_an_over_long_id_are_stored_and_deleted(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    # Given Graph messages with a NUL in the sender and a category, and a 300-character id
+    store_id, mailbox = connect_store(engine, emulator, Provider.OUTLOOK)
+    ok = mailbox.add("fine")
+    odd = mailbox.add("odd", sender="Bad\u0000Name@example.com", labels=["INBOX", "Urg\u0000ent"])
+    long_id = mailbox.add("long id", id="A" * 300)
+
+    _sync(engine, store_id)
+
+    stored = _messages(engine, store_id)
+    assert len(stored) == 3 and ok in stored and odd in stored
+    assert stored[odd].sender == "Bad\ufffdName@example.com"
+    assert stored[odd].labels == ["Urg\ufffdent"]
+    assert stored[odd].extra == {"storable_repaired": ["labels", "sender"]}
+    [fitted] = [key for key in stored if key not in (ok, odd)]
+    assert len(fitted) == 255 and fitted.startswith("A" * 200)
+    # The emulator's conversationId is the message id here, so the thread id is fitted too
+    assert stored[fitted].extra == {"storable_repaired": ["provider_message_id", "thread_id"]}
+
+    # When the provider deletes the long-id message and fixes the category
+    mailbox.delete(long_id)
+    mailbox.relabel(odd, add=["Urgent"], remove=["Urg\u0000ent"])
+    _sync(engine, store_id)
+
+    # Then the delete finds the fitted id, and the repair note goes with the repaired value
+    stored = _messages(engine, store_id)
+    assert set(stored) == {ok, odd}
+    assert stored[odd].labels == ["Urgent"]
+    assert stored[odd].extra == {"storable_repaired": ["sender"]}

@@ -1,0 +1,143 @@
+"""A message the database refuses is set aside while its page commits (issue 10, kind 3).
+
+The real sync task runs in-process against real PostgreSQL and Redis; Gmail is a scripted HTTP
+server, because the case needs a payload no text repair can fix: a ``sizeEstimate`` beyond
+PostgreSQL's bigint, which the database refuses with a DataError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+
+from models import FailureCategory, Store, SyncedMessage, SyncJob, SyncJobStatus
+from providers.oauth import OAuthCredentials
+from safeguards import ArchiveFilter, list_entries
+from safeguards.health_metrics.prometheus import ROWS_SET_ASIDE
+from syncguard.crypto import encrypt_json
+from syncguard.db import service_session
+from syncguard.settings import get_settings
+from tasks.sync.pipeline import sync_store
+from tests.factories import make_business
+from tests.providers import Reply, ScriptedServer, Seen, scripted_server, token_reply
+
+ROOT = "/gmail/v1/users/me"
+HUGE = 2**70  # past bigint (2**63 - 1)
+
+
+def _message(message_id: str, size: int) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "threadId": message_id,
+        "labelIds": ["INBOX"],
+        "payload": {"headers": [{"name": "Subject", "value": f"subject {message_id}"}]},
+        "internalDate": "1700000000000",
+        "sizeEstimate": size,
+        "historyId": "90",
+    }
+
+
+def _gmail(seen: Seen) -> Reply:
+    if (token := token_reply(seen)) is not None:
+        return token
+    if seen.path == f"{ROOT}/profile":
+        return Reply(200, {"emailAddress": "shop@example.com", "historyId": "100"})
+    if seen.path == f"{ROOT}/messages":
+        return Reply(200, {"messages": [{"id": i} for i in ("m1", "m2", "m3")]})
+    if seen.path.startswith(f"{ROOT}/messages/"):
+        message_id = seen.path.rsplit("/", 1)[1]
+        return Reply(200, _message(message_id, HUGE if message_id == "m2" else 1200))
+    if seen.path == f"{ROOT}/history":
+        return Reply(200, {"historyId": "100"})
+    return Reply(404, {"error": {"code": 404, "message": "unscripted"}})
+
+
+@pytest.fixture
+def gmail(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
+    with scripted_server() as server:
+        server.handler = _gmail
+        monkeypatch.setenv("SYNCGUARD_GMAIL_API_URL", server.url)
+        monkeypatch.setenv("SYNCGUARD_GMAIL_TOKEN_URL", f"{server.url}/token")
+        get_settings.cache_clear()  # settings are read once per process
+        yield server
+    get_settings.cache_clear()
+
+
+def _store(engine: Engine) -> uuid.UUID:
+    credentials = OAuthCredentials("client", "client-secret", "refresh-token")
+    with service_session(engine) as session:
+        store = Store(
+            business_id=make_business(session).id,
+            provider="gmail",
+            mailbox_address=f"shop-{uuid.uuid4().hex[:8]}@example.com",
+            credentials_encrypted=encrypt_json(credentials.to_dict()),
+        )
+        session.add(store)
+        session.flush()
+        return store.id
+
+
+def _set_aside_count() -> float:
+    raw = redis.Redis.from_url(os.environ["REDIS_URL"]).hgetall(ROWS_SET_ASIDE.redis_key())
+    field = json.dumps(["synced_messages", "NumericValueOutOfRange"], separators=(",", ":"))
+    return float(raw.get(field.encode(), 0))
+
+
+def _run_full_sync(engine: Engine, store_id: uuid.UUID) -> tuple[dict[str, Any], SyncJob]:
+    with service_session(engine) as session:
+        session.get(Store, store_id).sync_cursor = None  # type: ignore[union-attr]
+    result = sync_store.apply(args=[str(store_id)]).get()
+    with service_session(engine) as session:
+        job = session.get(SyncJob, uuid.UUID(result["job_id"]))
+        assert job is not None
+        session.expunge(job)
+    return result, job
+
+
+def test_a_refused_message_is_set_aside_and_the_rest_of_its_page_commits(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given a Gmail page of three messages, one of which the database must refuse
+    store_id = _store(engine)
+    before = _set_aside_count()
+
+    # When the store is synced
+    result, job = _run_full_sync(engine, store_id)
+
+    # Then the job succeeds at once, the other two are stored and the cursor moved on
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    assert result["retries"] == 0 and job.attempts == 1
+    assert job.messages_upserted == 2
+    with service_session(engine) as session:
+        stored = session.scalars(
+            select(SyncedMessage.provider_message_id).where(SyncedMessage.store_id == store_id)
+        ).all()
+        assert sorted(stored) == ["m1", "m3"]
+        assert session.get(Store, store_id).sync_cursor == "100"  # type: ignore[union-attr]
+    # And the refused one is in the archive for operators, as a data (validation) failure
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.VALIDATION
+    assert entry.error_context["provider_message_id"] == "m2"
+    assert entry.error_context["sync_job_id"] == str(job.id)
+    assert (entry.task, entry.args) == ("tasks.sync.sync_store", [str(store_id)])
+    assert "NumericValueOutOfRange" in entry.failure_reason
+    assert _set_aside_count() == before + 1
+
+
+def test_a_later_full_sync_sets_the_same_message_aside_once_and_succeeds(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    store_id = _store(engine)
+    _run_full_sync(engine, store_id)
+
+    _, again = _run_full_sync(engine, store_id)
+
+    assert again.status is SyncJobStatus.SUCCEEDED, again.error_message
+    assert len(list_entries(ArchiveFilter(store_id=store_id))) == 1  # one entry per message
