@@ -45,6 +45,9 @@ KEY_SCOPE = "prometheus"
 
 Safeguard = Literal["rate_limit", "circuit_breaker"]
 Decision = Literal["allowed", "refused", "unavailable"]
+#: What an inbound webhook delivery ended in (see api/outcomes.py): acted on; acknowledged but
+#: never processable; refused (unauthenticated); our own outage (503).
+WebhookOutcome = Literal["processed", "ignored", "refused", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,13 @@ SAFEGUARD_DECISIONS = Family(
 )
 WEBHOOK_DELIVERIES = Family(
     "syncguard_webhook_deliveries_total",
-    "Inbound webhook deliveries by the HTTP status class answered.",
-    ("provider", "kind", "status_class"),
+    "Inbound webhook deliveries by the HTTP status class answered and their outcome.",
+    ("provider", "kind", "status_class", "outcome"),
+)
+WEBHOOK_IGNORED = Family(
+    "syncguard_webhook_notifications_ignored_total",
+    "Inbound notifications acknowledged without processing, by reason.",
+    ("provider", "kind", "reason"),
 )
 WEBHOOK_DURATION = Family(
     "syncguard_webhook_delivery_duration_seconds",
@@ -97,6 +105,7 @@ FAMILIES = (
     TASK_DURATION,
     SAFEGUARD_DECISIONS,
     WEBHOOK_DELIVERIES,
+    WEBHOOK_IGNORED,
     WEBHOOK_DURATION,
     STORABLE_REPAIRS,
     ROWS_SET_ASIDE,
@@ -206,11 +215,21 @@ def count_decision(safeguard: Safeguard, decision: Decision) -> None:
     COUNTERS.send(lambda pipe: _inc(pipe, SAFEGUARD_DECISIONS, (safeguard, decision)))
 
 
-def count_webhook(provider: str, kind: str, status: int, duration_s: float) -> None:
-    """Count one inbound webhook delivery by status class and observe its latency."""
+def count_webhook(
+    provider: str,
+    kind: str,
+    status: int,
+    duration_s: float,
+    outcome: WebhookOutcome = "processed",
+    ignored: Iterable[str] = (),
+) -> None:
+    """Count a delivery (status class, outcome), its ignored notifications, its latency."""
+    reasons = [str(reason) for reason in ignored]
 
     def build(pipe: Pipeline) -> None:
-        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx"))
+        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx", outcome))
+        for reason in reasons:
+            _inc(pipe, WEBHOOK_IGNORED, (provider, kind, reason))
         _observe(pipe, WEBHOOK_DURATION, (provider, kind), duration_s)
 
     COUNTERS.send(build)
