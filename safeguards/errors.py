@@ -35,6 +35,12 @@ class CallFailure(SafeguardError):
     #: What the archive records if this failure ends the job.
     category: FailureCategory = FailureCategory.UNKNOWN
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        #: The provider's own wait (its Retry-After, on any status), seconds; None without one.
+        #: The task side waits at least this long and throttles the store's limiter for it.
+        self.retry_after_s = retry_after_s
+
 
 class TransientFailure(CallFailure):
     """Timeouts, 5xx, dropped connections: counted by the breaker, retried with backoff."""
@@ -46,10 +52,6 @@ class ThrottledFailure(CallFailure):
     """The provider itself throttled us (429 / quota 403): fed back to the limiter, deferred."""
 
     category = FailureCategory.THROTTLED_TOO_LONG
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class PermanentFailure(CallFailure):

@@ -1,10 +1,11 @@
 """SafeguardedTask: the one place the task lifecycle around provider calls is attached.
 
 A refusal by a safeguard defers the job (re-published with a countdown, the retry count kept);
-transient failures retry with full-jitter backoff; permanent failures and exhausted retries go to
-the dead-letter archive before the message is acknowledged. Every countdown is capped at
-``max_backoff_s``, which celeryconfig adds into the broker's visibility timeout, so a job waiting
-for its countdown in a worker is never redelivered to another one.
+transient failures retry with full-jitter backoff, never sooner than the provider's Retry-After
+(which the guard also sets on the store's limiter, so every worker waits); permanent failures
+and exhausted retries go to the dead-letter archive before the message is acknowledged. Every
+countdown is capped at ``max_backoff_s``, which celeryconfig adds into the broker's visibility
+timeout, so a job waiting for its countdown in a worker is never redelivered to another one.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             self.archive(exc, exc.category)
             raise
         except Exception as exc:
-            outcome = "retried" if self._may_retry() else "archived"
+            outcome = "retried" if self._will_retry(exc) else "archived"
             self._retry_or_archive(exc)
             raise
         finally:
@@ -193,19 +194,40 @@ class SafeguardedTask(Task):  # type: ignore[misc]
     def _may_retry(self) -> bool:
         return bool(self.request.retries < self.max_retries)
 
+    def _will_retry(self, exc: Exception) -> bool:
+        # A failure the classifier calls permanent (a DataError: the same data fails again)
+        # goes to the archive at once instead of spending retries on it.
+        return self._may_retry() and not isinstance(self.classify(exc), PermanentFailure)
+
     def _retry_or_archive(self, exc: Exception) -> None:
         if self.request.called_directly:
             return
-        if self._may_retry():
-            countdown = compute_backoff(
-                self.request.retries,
-                base_s=self.retry_backoff_base_s,
-                max_backoff_s=get_settings().max_backoff_s,
-            )
+        if self._will_retry(exc):
+            countdown = self._retry_countdown(exc)
             self.on_retrying(exc, countdown)
             raise self.retry(exc=exc, countdown=countdown)
         failure = self.classify(exc)
         self.archive(exc, failure.category if failure else FailureCategory.UNKNOWN)
+
+    def _retry_countdown(self, exc: Exception) -> float:
+        """Seconds before the retry of a failure: max(full-jitter backoff, its Retry-After).
+
+        A failure that carries the provider's Retry-After (a 503 or 504 with one) stays a
+        failure: the breaker counted it and it spends a retry, because the provider did fail;
+        a 429 or quota 403 is a throttle instead and is deferred without spending one. Either
+        way the wait is at least the provider's (Microsoft asks clients to back off on 503 as
+        on 429; Google's Gmail error guide asks for back-off on 429, 500, 503 and quota 403),
+        and the guard has throttled the store's limiter for it, so other jobs wait too. The
+        cap at ``max_backoff_s`` keeps the countdown inside the visibility timeout; a longer
+        Retry-After is carried past it by the limiter, which defers the early retry.
+        """
+        failure = exc if isinstance(exc, CallFailure) else self.classify(exc)
+        hint = failure.retry_after_s if failure is not None else None
+        max_backoff_s = float(get_settings().max_backoff_s)
+        backoff = compute_backoff(
+            self.request.retries, base_s=self.retry_backoff_base_s, max_backoff_s=max_backoff_s
+        )
+        return min(max(backoff, hint or 0.0), max_backoff_s)
 
     def _deferral_countdown(self, reason: Refused | ThrottledFailure, deferrals: int) -> float:
         hinted = reason.retry_after_s

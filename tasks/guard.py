@@ -24,6 +24,7 @@ from safeguards.errors import (
     SafeguardUnavailable,
     ThrottledFailure,
     TransientFailure,
+    ValidationFailure,
 )
 from safeguards.health_metrics.prometheus import count_decision
 from safeguards.health_metrics.recorder import record_metric
@@ -32,6 +33,7 @@ from safeguards.rate_limit.limiter import (
     get_rate_limiter,
     record_rate_limit_request,
 )
+from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
 from syncguard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,19 @@ class CallScope:
 
 
 def default_classifier(exc: BaseException) -> CallFailure | None:
-    """Typed failures pass through; timeouts and dropped connections are transient."""
+    """Typed failures pass through; timeouts and dropped connections are transient.
+
+    Data the database refuses (``safeguards.storable.DATA_ERRORS``: DataError, IntegrityError)
+    is a validation failure: the same data fails the same way on every retry. A lost database
+    connection (OperationalError) is not in that list and stays retryable.
+    """
     if isinstance(exc, CallFailure):
         return exc
     if isinstance(exc, SoftTimeLimitExceeded | TimeoutError | ConnectionError):
         return TransientFailure(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, DATA_ERRORS):
+        reason = f"{data_error_kind(exc)}: {data_error_reason(exc)}"
+        return ValidationFailure(f"the database refused the data: {reason}")
     return None
 
 
@@ -159,8 +169,9 @@ def _admit_rate(
 def _record(
     scope: CallScope, failure: CallFailure | None, lease_id: str | None, trial_token: str | None
 ) -> None:
-    throttled = isinstance(failure, ThrottledFailure)
-    retry_after = failure.retry_after_s if isinstance(failure, ThrottledFailure) else None
+    # A provider's Retry-After blocks the store for every worker whatever the status came
+    # with (a 503 as much as a 429); a throttle without one backs off in the limiter itself.
+    retry_after = failure.retry_after_s if failure is not None else None
     _safely(
         record_rate_limit_request,
         scope.store_id,
@@ -168,7 +179,7 @@ def _record(
         provider=scope.provider,
         lease_id=lease_id,
         retry_after_s=retry_after,
-        throttled=throttled,
+        throttled=isinstance(failure, ThrottledFailure) or retry_after is not None,
     )
     # Only transient failures are the provider's ill health; the rest are ignored outcomes.
     counted: bool | None = False if isinstance(failure, TransientFailure) else None

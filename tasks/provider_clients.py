@@ -14,7 +14,6 @@ from providers.errors import (
     ProviderError,
     ProviderRequestError,
     ProviderThrottled,
-    ProviderUnavailable,
 )
 from providers.gmail import GmailClient
 from providers.oauth import OAuthCredentials
@@ -33,21 +32,24 @@ from syncguard.settings import get_settings
 
 
 def to_call_failure(exc: BaseException) -> CallFailure | None:
-    """Map a provider's typed error onto the safeguards' taxonomy (None: not a provider error)."""
+    """Map a provider's typed error onto the safeguards' taxonomy (None: not a provider error).
+
+    The provider's Retry-After travels on every kind: the guard throttles the store's limiter
+    for it, and ``SafeguardedTask`` waits at least that long (see its ``_retry_countdown``).
+    """
     if not isinstance(exc, ProviderError):
         return None
     message = f"{exc.provider}: {exc}"
+    kind: type[CallFailure] = TransientFailure
     if isinstance(exc, ProviderThrottled):
-        return ThrottledFailure(message, exc.retry_after_s)
-    if isinstance(exc, ProviderUnavailable):
-        return TransientFailure(message)
-    if isinstance(exc, ProviderAuthError):
-        return AuthenticationFailure(message)
-    if isinstance(exc, CursorExpired):
-        return CursorLost(message)
-    if isinstance(exc, ProviderRequestError):
-        return ValidationFailure(message)
-    return TransientFailure(message)
+        kind = ThrottledFailure
+    elif isinstance(exc, ProviderAuthError):
+        kind = AuthenticationFailure
+    elif isinstance(exc, CursorExpired):
+        kind = CursorLost
+    elif isinstance(exc, ProviderRequestError):
+        kind = ValidationFailure
+    return kind(message, exc.retry_after_s)
 
 
 def store_credentials(store: Store) -> OAuthCredentials:
