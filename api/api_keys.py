@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
-from models import ApiKey, ApiKeyRole
+from models import ApiKey, ApiKeyRole, DashboardSession
 from syncguard.db import service_session
 
 __all__ = ["KEY_PREFIX_CHARS", "Principal", "create_key", "hash_key", "revoke_key", "verify"]
@@ -105,13 +105,14 @@ def _touch(row: ApiKey) -> None:
 
 
 def revoke_key(key_id: uuid.UUID) -> bool:
-    """Revoke a key; False if there is no such unrevoked key."""
+    """Revoke a key and end its dashboard sessions; False if there is no such unrevoked key."""
     with service_session() as session:
         result = session.execute(
             update(ApiKey)
             .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
             .values(revoked_at=datetime.now(UTC))
         )
+        session.execute(delete(DashboardSession).where(DashboardSession.api_key_id == key_id))
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,4 @@
-"""Who is calling: an API key from ``Authorization: Bearer`` or the dashboard's login cookie.
+"""Who is calling: an API key from ``Authorization: Bearer``, or the dashboard's session cookie.
 
 A tenant key reads through ``tenant_session`` so PostgreSQL's row-level security, not only
 our WHERE clauses, keeps it inside its business; an operator key reads through the service role.
@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from api.api_keys import Principal, verify
 from api.errors import OUTAGE_ERRORS
+from api.sessions import session_principal
 from syncguard.db import service_session, tenant_session
 from syncguard.settings import Settings
 
@@ -42,8 +43,8 @@ def unauthorized(reason: str) -> HTTPException:
     return HTTPException(401, reason, headers={"WWW-Authenticate": 'Bearer realm="syncguard"'})
 
 
-def presented_key(request: Request) -> tuple[str | None, bool]:
-    """The key the request presents and whether it came from the login cookie."""
+def presented_credential(request: Request) -> tuple[str | None, bool]:
+    """The Bearer API key, else the login cookie's session token; and whether it is the cookie."""
     header = request.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
@@ -55,13 +56,18 @@ def presented_key(request: Request) -> tuple[str | None, bool]:
 
 
 def authenticate(request: Request) -> Principal:
-    """The verified principal of the request; 401 when the key is missing, invalid or revoked."""
-    key, from_cookie = presented_key(request)
-    if not key:
+    """The verified principal of the request; 401 when the key or session is missing or ended."""
+    credential, from_cookie = presented_credential(request)
+    if not credential:
         raise unauthorized("missing API key: send 'Authorization: Bearer <API key>'")
-    principal = verify(key)
-    if principal is None:
-        raise unauthorized("invalid or revoked API key")
+    if from_cookie:
+        principal = session_principal(credential)
+        if principal is None:
+            raise unauthorized("the dashboard session has ended: log in again")
+    else:
+        principal = verify(credential)
+        if principal is None:
+            raise unauthorized("invalid or revoked API key")
     if from_cookie and request.method not in ("GET", "HEAD") and CSRF_HEADER not in request.headers:
         raise HTTPException(403, f"a cookie-authenticated {request.method} needs {CSRF_HEADER}")
     return principal

@@ -1,7 +1,10 @@
 """``/dashboard``: the operators' and tenants' page, server-rendered, with a small local script.
 
-Log in once with an API key (the form, or ``/dashboard/login?key=...``); the key is then kept in
-an HttpOnly, SameSite=Strict cookie that the page's own fetch calls to ``/api/v1`` carry.
+Log in with an API key typed into the form (``POST /dashboard/login``): a key never travels in a
+URL, where browser history, proxies and access logs would keep it, so ``GET /dashboard/login``
+with a query string is refused. A login opens a server-side session (``api.sessions``): the
+HttpOnly, SameSite=Strict cookie carries a random session token, not the key, so logging out or
+revoking the key ends the session whoever still holds the cookie.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy import func, select
 
 from api.api_keys import Principal, verify
 from api.auth import authenticate, read_session, scope, settings_of
+from api.sessions import end_session, open_session
 from api.v1 import queries as v1_queries
 from api.v1.archive import entry_json
 from models import AlertStatus, SystemHealthMetric
@@ -33,10 +37,19 @@ templates = Jinja2Templates(directory=HERE / "templates")
 static_files = StaticFiles(directory=HERE / "static")
 #: Metrics charted on the page: the most sampled ones in the window.
 CHARTED_METRICS = 4
+#: Largest login form body read, bytes (a key is 47 characters).
+LOGIN_BODY_MAX_BYTES = 4096
+#: Longest string the login form takes for a key, characters.
+LOGIN_KEY_MAX_CHARS = 200
 #: Only our own files, no inline script, no third party.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+#: Why a key in a link is refused, shown on the login page.
+KEY_IN_URL = (
+    "API keys are not accepted in links: a URL is kept in browser history, proxies and server "
+    "logs. Paste the key into the form below."
 )
 
 router = APIRouter(prefix="/dashboard")
@@ -46,46 +59,78 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
     response = templates.TemplateResponse(request, name, context, status_code=status)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["Cache-Control"] = "no-store"
+    # The login URL may carry a pasted key: never pass it on to another page or site.
+    response.headers["Referrer-Policy"] = "no-referrer"
     return response
 
 
 @router.get("/login")
-def login_form(request: Request, key: str | None = None) -> Response:
-    """The login form; ``?key=`` logs in at once (and the key leaves the URL by a redirect)."""
-    if key is not None:
-        return _login(request, key)
+def login_form(request: Request) -> Response:
+    """The login form; 400 (the form, saying why) for a URL with a query string."""
+    if request.url.query:
+        return _page(request, "login.html", {"error": KEY_IN_URL}, 400)
     return _page(request, "login.html", {"error": None})
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    """Check the typed key and keep it in the login cookie."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"))
-    return _login(request, (form.get("key") or [""])[0].strip())
-
-
-def _login(request: Request, key: str) -> Response:
-    if not key or verify(key) is None:
+    """Check the typed key; open a session and set its cookie (303 to the page), else 400/401."""
+    body = await request.body()
+    if len(body) > LOGIN_BODY_MAX_BYTES:
+        return _page(request, "login.html", {"error": "The login form is too large."}, 413)
+    form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    key = (form.get("key") or [""])[0].strip()
+    problem = _key_problem(key)
+    if problem is not None:
+        return _page(request, "login.html", {"error": problem}, 400)
+    principal = verify(key)
+    if principal is None:
         return _page(request, "login.html", {"error": "That API key is invalid or revoked."}, 401)
+    return _logged_in(request, principal)
+
+
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key (never quoting it), or None."""
+    if not key:
+        return "Paste an API key."
+    if len(key) > LOGIN_KEY_MAX_CHARS:
+        return "That is not an API key: it is too long."
+    # Control characters (NUL above all: PostgreSQL text cannot hold it) and lone surrogates
+    # are never part of a key; refused here, they never reach the key lookup's SQL.
+    if not key.isprintable():
+        return "That is not an API key: it contains a control character."
+    return None
+
+
+def _logged_in(request: Request, principal: Principal) -> Response:
     settings = settings_of(request)
+    token = open_session(principal, settings.dashboard_cookie_max_age_s)
     response = RedirectResponse("/dashboard", status_code=303)
     response.set_cookie(
         settings.dashboard_cookie_name,
-        key,
+        token,
         max_age=settings.dashboard_cookie_max_age_s,
         path="/",
         httponly=True,
         samesite="strict",
-        secure=settings.dashboard_cookie_secure or settings.environment == "production",
+        # Secure wherever HTTPS is in use; development and tests serve plain HTTP on loopback,
+        # where a Secure cookie would be dropped by the browser or client.
+        secure=settings.dashboard_cookie_secure
+        or settings.environment == "production"
+        or request.url.scheme == "https",
     )
     return response
 
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    """Forget the login cookie."""
+    """End the session on the server and forget its cookie; 303 to the login form."""
+    settings = settings_of(request)
+    token = request.cookies.get(settings.dashboard_cookie_name)
+    if token:
+        end_session(token)
     response = RedirectResponse("/dashboard/login", status_code=303)
-    response.delete_cookie(settings_of(request).dashboard_cookie_name, path="/")
+    response.delete_cookie(settings.dashboard_cookie_name, path="/")
     return response
 
 

@@ -25,6 +25,7 @@ from models.safeguards import (
     FailedJobArchive,
     ProviderRateLimit,
 )
+from models.sessions import DashboardSession
 from models.sync import SyncedMessage, SyncJob
 from models.tenancy import Business, Store
 from models.webhooks import (
@@ -58,6 +59,7 @@ __all__ = [
     "CircuitState",
     "CleanupAuditLog",
     "CleanupOutcome",
+    "DashboardSession",
     "Direction",
     "FailedJobArchive",
     "FailureCategory",

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     sync_page_size: int = 100
     #: A sync's per-store lease, seconds: a crashed holder blocks its store at most this long.
     sync_lease_s: float = 120.0
+    #: Queue bound, seconds: a published sync is expected to start within its countdown plus
+    #: this. Its store's pending marker lives that long, so a lost message folds requests for
+    #: at most countdown + this; a sync queued longer only costs one extra, serialised run.
+    sync_queue_bound_s: float = 600.0
 
     # --- inbound webhooks (api/) ---
     #: Largest inbound webhook body accepted, bytes (Content-Length and bytes actually read).
@@ -214,9 +218,9 @@ class Settings(BaseSettings):
     cleanup_analyze_after_rows: int = Field(default=10000, ge=1)
 
     # --- dashboard and JSON API (api/) ---
-    #: Cookie holding the dashboard's API key after login (HttpOnly, SameSite=Strict).
-    dashboard_cookie_name: str = "syncguard_key"
-    #: Lifetime of the dashboard login cookie, seconds.
+    #: Cookie holding the dashboard's session token after login (HttpOnly, SameSite=Strict).
+    dashboard_cookie_name: str = "syncguard_session"
+    #: Lifetime of the dashboard login session and its cookie, seconds.
     dashboard_cookie_max_age_s: int = 8 * 3600
     #: Mark the login cookie Secure (HTTPS only); always on when ``environment`` is production.
     dashboard_cookie_secure: bool = False

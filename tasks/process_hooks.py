@@ -1,4 +1,4 @@
-"""Per-process set-up of worker children."""
+"""Per-process set-up: secret-free logging in every Celery process, fresh pools in children."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from syncguard.db import dispose_engines
+from syncguard.logging_config import install_scrubber
+
+# Worker, beat and Flower all load the app (``-A tasks``): their log records, whichever
+# handlers Celery or tornado set up, are scrubbed of query values, keys and tokens.
+install_scrubber()
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

@@ -139,12 +139,14 @@ def test_up_runs_the_emulator_and_demo_children_only_with_the_demo(environment: 
     ]
 
 
-def test_up_runs_the_api_with_uvicorn_on_the_api_port() -> None:
+def test_up_runs_the_api_through_syncguard_api_on_the_api_port() -> None:
+    # `syncguard api` starts uvicorn with the scrubbing log configuration (tests/api/
+    # test_secrets_in_logs.py runs this very command line).
     children = stack_children(Settings(api_port=8123), beat=False, flower=False)
     [api] = [c for c in children if c.name == "api"]
     assert list(api.argv) == [
         sys.executable,
-        *("-m", "uvicorn", "api:app", "--host", "127.0.0.1", "--port", "8123"),
+        *("-m", "syncguard.cli", "api", "--host", "127.0.0.1", "--port", "8123"),
     ]
 
 

@@ -331,7 +331,8 @@ def test_bad_input_is_refused_with_a_specific_message(
 def test_a_cookie_alone_cannot_authorise_an_action(
     client: httpx.Client, tenants: tuple[Tenant, Tenant], operator_key: str
 ) -> None:
-    client.cookies.set("syncguard_key", operator_key)
+    # The dashboard's login form sets the session cookie.
+    assert client.post("/dashboard/login", data={"key": operator_key}).status_code == 303
     try:
         path = f"/api/v1/archive/{tenants[0].archive_id}/review"
         assert client.get("/api/v1/circuits").status_code == 200

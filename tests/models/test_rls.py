@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
@@ -58,7 +59,14 @@ def _populate(session: Session, name: str) -> uuid.UUID:
         business_id=business.id, url="https://x", secret_encrypted=b"x"
     )
     subscription = models.WebhookSubscription(store_id=store.id, provider="gmail", resource="me")
-    session.add_all([endpoint, subscription])
+    key = models.ApiKey(
+        business_id=business.id,
+        name="viewer",
+        key_prefix="sgk_x",
+        key_hash=uuid.uuid4().hex * 2,
+        role="tenant",
+    )
+    session.add_all([endpoint, subscription, key])
     session.flush()
     session.add_all(
         [
@@ -80,12 +88,11 @@ def _populate(session: Session, name: str) -> uuid.UUID:
             models.SystemHealthMetric(
                 store_id=store.id, metric_type="usage", metric_name="m", metric_value=1
             ),
-            models.ApiKey(
+            models.DashboardSession(
                 business_id=business.id,
-                name="viewer",
-                key_prefix="sgk_x",
-                key_hash=uuid.uuid4().hex * 2,
-                role="tenant",
+                api_key_id=key.id,
+                token_hash=uuid.uuid4().hex * 2,
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
             ),
             models.Alert(
                 store_id=store.id,
