@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from models import Direction, WebhookDeliveryLog
 from safeguards.redaction import redact_text, truncate
+from safeguards.storable import storable_optional, storable_text
 from syncguard.db import session_or_new
 
 #: Longest error message kept, in characters (a provider's HTML error page is not a message).
@@ -40,8 +41,9 @@ def log_webhook_delivery(
             store_id=store_id,
             business_id=business_id,
             endpoint_id=endpoint_id,
-            webhook_id=None if webhook_id is None else webhook_id[:_WEBHOOK_ID_CHARS],
-            webhook_type=webhook_type[:_WEBHOOK_TYPE_CHARS],
+            # The webhook id comes from the sender's payload: storable, like every provider text.
+            webhook_id=storable_optional(webhook_id, _WEBHOOK_ID_CHARS),
+            webhook_type=storable_text(webhook_type, _WEBHOOK_TYPE_CHARS),
             direction=Direction(direction),
             attempt=attempt,
             success=success,
@@ -62,4 +64,4 @@ def _clean_error(error_message: str | None) -> str | None:
         return None
     # Pre-cut well past the limit so a secret straddling the cut still ends up beyond it.
     head = error_message[: 4 * MAX_ERROR_MESSAGE_CHARS]
-    return truncate(redact_text(head), MAX_ERROR_MESSAGE_CHARS)
+    return storable_text(truncate(redact_text(head), MAX_ERROR_MESSAGE_CHARS))

@@ -103,6 +103,20 @@ def storable_fields(row: Mapping[str, Any], bounds: Mapping[str, int | None]) ->
     return changed
 
 
+def data_error_kind(exc: BaseException) -> str:
+    """The class name of a data error's driver exception (``NumericValueOutOfRange``, ...)."""
+    return type(getattr(exc, "orig", None) or exc).__name__
+
+
+def data_error_reason(exc: BaseException, max_chars: int = 500) -> str:
+    """The database's own message of a data error, first line only, without parameters.
+
+    SQLAlchemy's ``str()`` appends the statement and its parameters: the provider's content.
+    """
+    lines = str(getattr(exc, "orig", None) or exc).splitlines()
+    return storable_text(lines[0][:max_chars] if lines else "")
+
+
 def _encodable(value: str) -> str:
     # UTF-16 with surrogatepass rebuilds split pairs; decoding with "replace" turns each unpaired
     # surrogate into U+FFFD. Only reached for text that is not already valid.
@@ -113,6 +127,8 @@ __all__ = [
     "DATA_ERRORS",
     "DIGEST_CHARS",
     "REPLACEMENT",
+    "data_error_kind",
+    "data_error_reason",
     "is_storable",
     "storable_fields",
     "storable_json",

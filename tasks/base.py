@@ -77,7 +77,7 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             self.archive(exc, exc.category)
             raise
         except Exception as exc:
-            outcome = "retried" if self._may_retry() else "archived"
+            outcome = "retried" if self._will_retry(exc) else "archived"
             self._retry_or_archive(exc)
             raise
         finally:
@@ -194,10 +194,15 @@ class SafeguardedTask(Task):  # type: ignore[misc]
     def _may_retry(self) -> bool:
         return bool(self.request.retries < self.max_retries)
 
+    def _will_retry(self, exc: Exception) -> bool:
+        # A failure the classifier calls permanent (a DataError: the same data fails again)
+        # goes to the archive at once instead of spending retries on it.
+        return self._may_retry() and not isinstance(self.classify(exc), PermanentFailure)
+
     def _retry_or_archive(self, exc: Exception) -> None:
         if self.request.called_directly:
             return
-        if self._may_retry():
+        if self._will_retry(exc):
             countdown = self._retry_countdown(exc)
             self.on_retrying(exc, countdown)
             raise self.retry(exc=exc, countdown=countdown)

@@ -24,6 +24,7 @@ from safeguards.errors import (
     SafeguardUnavailable,
     ThrottledFailure,
     TransientFailure,
+    ValidationFailure,
 )
 from safeguards.health_metrics.prometheus import count_decision
 from safeguards.health_metrics.recorder import record_metric
@@ -32,6 +33,7 @@ from safeguards.rate_limit.limiter import (
     get_rate_limiter,
     record_rate_limit_request,
 )
+from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
 from syncguard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,19 @@ class CallScope:
 
 
 def default_classifier(exc: BaseException) -> CallFailure | None:
-    """Typed failures pass through; timeouts and dropped connections are transient."""
+    """Typed failures pass through; timeouts and dropped connections are transient.
+
+    Data the database refuses (``safeguards.storable.DATA_ERRORS``: DataError, IntegrityError)
+    is a validation failure: the same data fails the same way on every retry. A lost database
+    connection (OperationalError) is not in that list and stays retryable.
+    """
     if isinstance(exc, CallFailure):
         return exc
     if isinstance(exc, SoftTimeLimitExceeded | TimeoutError | ConnectionError):
         return TransientFailure(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, DATA_ERRORS):
+        reason = f"{data_error_kind(exc)}: {data_error_reason(exc)}"
+        return ValidationFailure(f"the database refused the data: {reason}")
     return None
 
 

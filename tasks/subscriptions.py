@@ -19,6 +19,7 @@ from models import Provider, Store, SubscriptionStatus, WebhookHealthLog, Webhoo
 from providers.base import Subscription
 from safeguards.errors import ValidationFailure
 from safeguards.redaction import redact_text, truncate
+from safeguards.storable import storable_optional, storable_text
 from syncguard.db import service_session
 from syncguard.settings import Settings, get_settings
 
@@ -26,6 +27,8 @@ from syncguard.settings import Settings, get_settings
 LIVE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.EXPIRED)
 #: Longest renewal error kept on the row, characters.
 MAX_ERROR_CHARS = 2_000
+#: Width of ``webhook_subscriptions.provider_subscription_id``, characters.
+ID_CHARS = 255
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ def save_created(
             .values(
                 store_id=store_id,
                 provider=Provider(created.provider),
-                provider_subscription_id=created.subscription_id,
-                resource=created.resource,
+                provider_subscription_id=storable_optional(created.subscription_id, ID_CHARS),
+                resource=storable_text(created.resource),
                 expires_at=created.expires_at,
                 client_state_hash=state_hash,
                 status=SubscriptionStatus.ACTIVE,
@@ -112,7 +115,7 @@ def record_renewal(subscription_id: uuid.UUID, expires_at: datetime | None) -> N
 
 def record_renewal_failure(subscription_id: uuid.UUID, exc: BaseException) -> None:
     """One more failed renewal attempt, with its (redacted) error."""
-    error = truncate(redact_text(f"{type(exc).__name__}: {exc}"), MAX_ERROR_CHARS)
+    error = storable_text(truncate(redact_text(f"{type(exc).__name__}: {exc}"), MAX_ERROR_CHARS))
     _update(
         subscription_id,
         {

@@ -7,6 +7,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from models import CircuitBreakerState
 from safeguards.circuit_breaker.states import CircuitId, CircuitStats
+from safeguards.storable import storable_optional
 from syncguard.db import get_engine, service_session
 
 _TABLE = CircuitBreakerState.__table__
@@ -35,6 +36,8 @@ def upsert_circuit_row(
 ) -> None:
     """Write ``stats`` into the circuit's row (INSERT ... ON CONFLICT DO UPDATE), newest wins."""
     values = {name: getattr(stats, name) for name in _MIRRORED}
+    # The reason is the provider's error text.
+    values["last_failure_reason"] = storable_optional(stats.last_failure_reason)
     # business_id NULL for a store circuit: the fill_business_id trigger sets it before the
     # conflict check, so the same unique key is found either way.
     statement = insert(CircuitBreakerState).values(

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from models import Store, StoreStatus, SyncJob, SyncJobStatus, SyncKind, SyncTrigger
 from safeguards.errors import ValidationFailure
+from safeguards.storable import storable_text
 from syncguard.db import service_session
 
 
@@ -78,6 +79,8 @@ def set_status(job_id: uuid.UUID, status: SyncJobStatus, **values: Any) -> None:
     final = status in (SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED)
     if final:
         values.setdefault("finished_at", func.now())
+    if isinstance(values.get("error_message"), str):  # often a provider's error text
+        values["error_message"] = storable_text(values["error_message"])
     with service_session() as session:
         session.execute(update(SyncJob).where(SyncJob.id == job_id).values(status=status, **values))
 

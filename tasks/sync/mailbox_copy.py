@@ -25,6 +25,8 @@ from providers.base import LabelChange, RemoteMessage
 from safeguards.health_metrics.prometheus import count_storable_repairs
 from safeguards.storable import (
     DATA_ERRORS,
+    data_error_kind,
+    data_error_reason,
     is_storable,
     storable_fields,
     storable_optional,
@@ -169,7 +171,9 @@ def upsert_messages(
             session.execute(_upsert(rows))
         return Upserted(stored=len(rows))
     except DATA_ERRORS as exc:
-        log.warning("store %s: page refused (%s), writing it row by row", store_id, _kind(exc))
+        log.warning(
+            "store %s: page refused (%s), writing it row by row", store_id, data_error_kind(exc)
+        )
     result = Upserted()
     for row in rows:
         try:
@@ -177,17 +181,10 @@ def upsert_messages(
                 session.execute(_upsert([row]))
             result.stored += 1
         except DATA_ERRORS as exc:
-            result.refused.append(RefusedRow(row["provider_message_id"], _kind(exc), _why(exc)))
+            result.refused.append(
+                RefusedRow(row["provider_message_id"], data_error_kind(exc), data_error_reason(exc))
+            )
     return result
-
-
-def _kind(exc: BaseException) -> str:
-    return type(getattr(exc, "orig", None) or exc).__name__
-
-
-def _why(exc: BaseException) -> str:
-    # SQLAlchemy's str() appends the statement's parameters: the message's own text.
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:500]
 
 
 def delete_messages(session: Session, store_id: uuid.UUID, message_ids: Sequence[str]) -> int:

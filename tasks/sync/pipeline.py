@@ -20,6 +20,7 @@ from sqlalchemy import func, update
 from models import FailureCategory, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
 from providers.base import ChangesPage, FullPage, MailProvider
 from safeguards.errors import CallFailure, CursorLost, Refused, ThrottledFailure, ValidationFailure
+from safeguards.storable import storable_text
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
@@ -208,7 +209,7 @@ def _mark_store(store_id: uuid.UUID, status: StoreStatus, reason: str) -> None:
         session.execute(
             update(Store)
             .where(Store.id == store_id)
-            .values(status=status, status_reason=reason[:2000])
+            .values(status=status, status_reason=storable_text(reason[:2000]))
         )
 
 
