@@ -167,3 +167,21 @@ def test_an_unparseable_retry_after_is_ignored_safely(outlook_box: Mailbox, head
 def test_every_typed_error_has_the_attribute() -> None:
     # The task side reads retry_after_s off any ProviderError, so none may lack it.
     assert ProviderError("x", provider="gmail").retry_after_s is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+def test_any_5xx_with_retry_after_carries_it(gmail_box: Mailbox, status: int) -> None:
+    client = gmail(gmail_box)
+    gmail_box.faults(server_error={"status": status, "retry_after": "12"})
+
+    with pytest.raises(ProviderUnavailable) as info:
+        client.current_cursor()
+
+    assert (info.value.status, info.value.retry_after_s) == (status, 12.0)
+
+
+def test_the_emulator_refuses_a_non_5xx_server_error(gmail_box: Mailbox) -> None:
+    answer = gmail_box.control.put(
+        f"/mailboxes/{gmail_box.address}/faults", json={"server_error": {"status": 429}}
+    )
+    assert answer.status_code == 422
