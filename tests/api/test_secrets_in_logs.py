@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from sqlalchemy import Engine
 from api.api_keys import create_key
 from providers.emulator.runner import free_port
 from syncguard.cli.main import stack_children
+from syncguard.cli.stack import Child
 from syncguard.logging_config import REDACTED, log_config, scrub, scrub_record
 from syncguard.settings import Settings, get_settings
 from tests.sync_support import eventually
@@ -32,8 +34,8 @@ START_TIMEOUT_S = 60.0
 COOKIE = get_settings().dashboard_cookie_name
 
 
-class ApiProcess:
-    """The API as a child process: its URL and everything it printed so far."""
+class Process:
+    """A child process of the stack: its URL and everything it printed."""
 
     def __init__(self, url: str, proc: subprocess.Popen[str], log_path: Path) -> None:
         self.url, self.proc, self.log_path = url, proc, log_path
@@ -44,36 +46,47 @@ class ApiProcess:
         return self.log_path.read_text()
 
 
-@pytest.fixture
-def api_process(engine: Engine) -> Iterator[ApiProcess]:
-    """The API started exactly as ``syncguard up`` starts it, on a free loopback port."""
-    port = free_port()
-    children = stack_children(Settings(api_port=port), beat=False, flower=False)
-    [api] = [c for c in children if c.name == "api"]
-    log_path = Path(tempfile.mkstemp(prefix="api-", suffix=".log")[1])
+@contextmanager
+def running(child: Child, url: str, ready_path: str) -> Iterator[Process]:
+    """``child`` started as ``syncguard up`` starts it, once ``url + ready_path`` answers 200."""
+    log_path = Path(tempfile.mkstemp(prefix=f"{child.name}-", suffix=".log")[1])
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            list(api.argv), env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, text=True
+            list(child.argv), env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, text=True
         )
-    url = f"http://127.0.0.1:{port}"
     try:
-        eventually(lambda: _healthy(url, proc), timeout_s=START_TIMEOUT_S)
-        yield ApiProcess(url, proc, log_path)
+        eventually(lambda: _answers(f"{url}{ready_path}", proc), timeout_s=START_TIMEOUT_S)
+        yield Process(url, proc, log_path)
     finally:
         stop(proc)
-        sys.stderr.write(f"[api log: {log_path}]\n")
+        sys.stderr.write(f"[{child.name} log: {log_path}]\n")
 
 
-def _healthy(url: str, proc: subprocess.Popen[str]) -> bool:
-    assert proc.poll() is None, f"the API exited with {proc.returncode}"
+def _answers(url: str, proc: subprocess.Popen[str]) -> bool:
+    assert proc.poll() is None, f"the process exited with {proc.returncode}"
     try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
 
 
+def stack_child(name: str, settings: Settings) -> Child:
+    """The command line ``syncguard up`` runs as ``name`` (with the demo's children)."""
+    [child] = [c for c in stack_children(settings, demo=True) if c.name == name]
+    return child
+
+
+@pytest.fixture
+def api_process(engine: Engine) -> Iterator[Process]:
+    """The API started exactly as ``syncguard up`` starts it, on a free loopback port."""
+    port = free_port()
+    child = stack_child("api", Settings(api_port=port))
+    with running(child, f"http://127.0.0.1:{port}", "/healthz") as process:
+        yield process
+
+
 def test_the_api_process_logs_no_key_from_the_login_link_the_form_or_any_query(
-    api_process: ApiProcess,
+    api_process: Process,
 ) -> None:
     key = create_key(None, "log scan")[1]
     with httpx.Client(base_url=api_process.url, timeout=10) as client:
@@ -100,6 +113,20 @@ def test_the_api_process_logs_no_key_from_the_login_link_the_form_or_any_query(
     assert f"GET /dashboard/login?key={REDACTED} HTTP/1.1" in log
     assert f"GET /api/v1/status?access_token={REDACTED}&session={REDACTED}" in log
     assert "POST /dashboard/login HTTP/1.1" in log
+
+
+def test_the_emulator_process_logs_no_query_secret() -> None:
+    # The demo's provider double is started by `syncguard up` too; its uvicorn keeps its own
+    # access format, and the CLI's record factory scrubs it.
+    port = free_port()
+    secret = "ya29.emulator-" + "t" * 30
+    child = stack_child("emulator", Settings(emulator_port=port))
+    with running(child, f"http://127.0.0.1:{port}", "/_emulator/oauth2/v3/certs") as emulator:
+        certs = f"{emulator.url}/_emulator/oauth2/v3/certs"
+        assert httpx.get(certs, params={"access_token": secret}).status_code == 200
+        log = emulator.output()
+    assert secret not in log
+    assert f"/_emulator/oauth2/v3/certs?access_token={REDACTED}" in log
 
 
 def test_every_process_that_loads_the_celery_app_scrubs_its_log_records() -> None:
