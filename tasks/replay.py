@@ -9,6 +9,9 @@ from tasks import app
 
 #: Options of the original publication that a replay repeats.
 _REPLAYED_OPTIONS = ("queue", "priority")
+#: Message header naming the archive entry a message replays: a task whose job has ended treats
+#: a plain redelivery as stale, but runs a replay.
+REPLAY_OF = "syncguard_replay_of"
 
 
 def enqueue_archived(job: ArchivedJob) -> str:
@@ -16,7 +19,6 @@ def enqueue_archived(job: ArchivedJob) -> str:
     options: dict[str, Any] = {
         k: v for k, v in job.options.items() if k in _REPLAYED_OPTIONS and v is not None
     }
-    result = app.send_task(
-        job.task, args=job.args, kwargs=job.kwargs, headers=dict(job.headers), **options
-    )
+    headers = {**job.headers, REPLAY_OF: str(job.id)}
+    result = app.send_task(job.task, args=job.args, kwargs=job.kwargs, headers=headers, **options)
     return str(result.id)

@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from models import FailedJobArchive, FailureCategory, ReviewResolution
 from safeguards.dead_letter.entries import (
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest failure reason or exception message kept, in characters.
 MAX_REASON_CHARS = 4_000
+#: SQLSTATE of a foreign-key violation (the business_id trigger raises it for a missing store).
+_FOREIGN_KEY_VIOLATION = "23503"
 #: Longest traceback kept, in characters; its end, where the error is raised, is what is kept.
 MAX_TRACEBACK_CHARS = 20_000
 
@@ -97,9 +101,54 @@ def move_to_dead_letter_queue(
         .returning(FailedJobArchive.id)
     )
     with session_or_new(session) as s:
-        entry_id: uuid.UUID = s.execute(statement).scalar_one()
+        entry_id = _insert_entry(s, statement, store_id=store_id, business_id=business_id)
     logger.warning("job %s (%s) archived as %s: %s", job_id, job_type, entry_id, failure_category)
     return entry_id
+
+
+def _insert_entry(
+    s: Session,
+    statement: ReturningInsert[uuid.UUID],
+    *,
+    store_id: uuid.UUID | None,
+    business_id: uuid.UUID | None,
+) -> uuid.UUID:
+    """Insert the entry; a store or business that no longer exists is left out, and noted.
+
+    Such an entry could never be written as it stands (its references would dangle for ever),
+    and a job that cannot be archived goes back to the broker: without this it would loop.
+    The ids given are kept in ``error_context["dangling_references"]`` (and ``job_data``).
+    """
+    attempts: list[dict[str, None]] = [{}]
+    if store_id is not None:
+        attempts.append({"store_id": None})
+    if business_id is not None:
+        attempts.append({**attempts[-1], "business_id": None})
+    for dropped in attempts:
+        try:
+            with s.begin_nested():  # a savepoint: the caller's transaction stays usable
+                entry_id: uuid.UUID = s.execute(statement.values(dropped)).scalar_one()
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
+                raise
+            if dropped is attempts[-1]:
+                raise
+            continue
+        if dropped:
+            given = {"store_id": store_id, "business_id": business_id}
+            _note_dangling(s, entry_id, {column: str(given[column]) for column in dropped})
+        return entry_id
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _note_dangling(s: Session, entry_id: uuid.UUID, dangling: dict[str, str]) -> None:
+    logger.warning("archive entry %s written without %s: no longer exist", entry_id, dangling)
+    note = literal({"dangling_references": dangling}, type_=JSONB)
+    s.execute(
+        update(FailedJobArchive)
+        .where(FailedJobArchive.id == entry_id)
+        .values(error_context=FailedJobArchive.error_context.op("||")(note))
+    )
 
 
 def _complete_job(job_type: str, job_data: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from safeguards.errors import ValidationFailure
 from safeguards.storable import storable_text
 from syncguard.db import service_session
 
+#: States a job never leaves: a message for such a job is stale.
+ENDED = frozenset({SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED})
+
 
 class StoreNotSyncable(ValidationFailure):
     """The store is paused, revoked or otherwise not active: no sync is requested for it."""
@@ -23,9 +26,12 @@ class StoreNotSyncable(ValidationFailure):
         self.store_id, self.status, self.reason = store_id, status, reason
 
 
-def create_job(store_id: uuid.UUID, trigger: SyncTrigger) -> uuid.UUID:
+def create_job(
+    store_id: uuid.UUID, trigger: SyncTrigger, job_id: uuid.UUID | None = None
+) -> uuid.UUID:
     """A queued job for ``store_id``, committed (so it exists before its message does).
 
+    ``job_id`` is the id the single flight's pending marker already names, when there is one.
     The one rule for every caller (application code, API, Beat, CLI): only an active store is
     synced. Raises ValidationFailure for an unknown store, StoreNotSyncable for an inactive one.
     """
@@ -37,15 +43,26 @@ def create_job(store_id: uuid.UUID, trigger: SyncTrigger) -> uuid.UUID:
             raise StoreNotSyncable(store_id, store.status, store.status_reason)
         kind = SyncKind.INCREMENTAL if store.sync_cursor else SyncKind.FULL
         job = SyncJob(store_id=store_id, kind=kind, trigger=trigger, checkpoint={})
+        if job_id is not None:
+            job.id = job_id
         session.add(job)
         session.flush()
         return job.id
 
 
-def start_job(store_id: uuid.UUID, job_id: str | None, celery_task_id: str) -> SyncJob:
-    """Mark the job running (creating it if the task was enqueued without one)."""
+def start_job(
+    store_id: uuid.UUID, job_id: str | None, celery_task_id: str, *, replay: bool = False
+) -> SyncJob | None:
+    """Mark the job running (creating it if the task was enqueued without one).
+
+    None, touching nothing, for a stale message: its job has already ended (a redelivery after
+    the job's last run, or an old continuation). A ``replay`` from the dead-letter archive does
+    run an ended job again, unless this very message already ran it (it was redelivered).
+    """
     with service_session() as session:
         job = _find(session, job_id, celery_task_id)
+        if job is not None and _is_stale(job, celery_task_id, replay=replay):
+            return None
         if job is None:
             job = SyncJob(store_id=store_id, kind=SyncKind.FULL, trigger=SyncTrigger.MANUAL)
             job.checkpoint = {}
@@ -58,6 +75,10 @@ def start_job(store_id: uuid.UUID, job_id: str | None, celery_task_id: str) -> S
         job.started_at = job.started_at or datetime.now(UTC)
         session.flush()
         return job
+
+
+def _is_stale(job: SyncJob, celery_task_id: str, *, replay: bool) -> bool:
+    return job.status in ENDED and (not replay or job.celery_task_id == celery_task_id)
 
 
 def _find(session: Any, job_id: str | None, celery_task_id: str) -> SyncJob | None:
@@ -90,6 +111,21 @@ def count_deferral(job_id: uuid.UUID, reason: str) -> None:
     set_status(
         job_id, SyncJobStatus.DEFERRED, deferrals=SyncJob.deferrals + 1, error_message=reason
     )
+
+
+def has_ended(job_id: str) -> bool:
+    """True when the ledger holds job ``job_id`` in a final state; False if live or unknown.
+
+    An unknown id is taken as live: the job a pending marker names is created just after the
+    marker, and a marker whose job never appears lapses after the queue bound anyway.
+    """
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return False  # a marker that names no job (an older release's "1")
+    with service_session() as session:
+        status = session.scalar(select(SyncJob.status).where(SyncJob.id == key))
+    return status in ENDED
 
 
 def job_for_task(celery_task_id: str) -> uuid.UUID | None:

@@ -28,7 +28,14 @@ from tasks.base import SafeguardedTask
 from tasks.events import announce
 from tasks.guard import default_classifier
 from tasks.provider_clients import open_client, to_call_failure
-from tasks.sync.jobs import count_deferral, job_for_task, set_status, start_job
+from tasks.replay import REPLAY_OF
+from tasks.sync.jobs import (
+    StoreNotSyncable,
+    count_deferral,
+    job_for_task,
+    set_status,
+    start_job,
+)
 from tasks.sync.mailbox_copy import (
     database_now,
     delete_messages,
@@ -52,14 +59,24 @@ class SyncTask(SafeguardedTask):
         return to_call_failure(exc) or default_classifier(exc)
 
     def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
-        """Show the wait on the job."""
+        """Show the wait on the job; its store stays pending for the countdown."""
         if (job_id := job_for_task(self.request.id)) is not None:
             count_deferral(job_id, f"deferred {countdown_s:.1f}s: {reason}")
+            self._requeue(job_id, countdown_s)
 
     def on_retrying(self, exc: Exception, countdown_s: float) -> None:
         """Show the failed attempt on the job; the lease stays with it until it comes back."""
         if (job_id := job_for_task(self.request.id)) is not None:
             set_status(job_id, SyncJobStatus.QUEUED, error_message=str(exc)[:2000])
+            self._requeue(job_id, countdown_s)
+
+    def _requeue(self, job_id: uuid.UUID, countdown_s: float) -> None:
+        if (store_id := self.store_id()) is not None:
+            sync_flight().requeue(str(store_id), str(job_id), countdown_s)
+
+    def is_replay(self) -> bool:
+        """True when this message is a replay of a dead-letter entry."""
+        return REPLAY_OF in (self.request.headers or {})
 
     def on_archived(
         self, entry_id: uuid.UUID, category: FailureCategory, exc: BaseException
@@ -80,10 +97,13 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     """Sync one store: a bounded number of pages now, the rest in a continuation."""
     store_uuid = self.store_id()
     assert store_uuid is not None  # call_scope() in the preflight already validated it
+    job = start_job(store_uuid, job_id, self.request.id, replay=self.is_replay())
+    if job is None:  # a redelivered or old message of a job that has ended: acknowledge it
+        return {"job_id": job_id, "stale": True}
     # The seed's pre-processing check: an expired or unhealthy subscription gets renewed.
     ensure_healthy_subscription(store_uuid)
-    job = start_job(store_uuid, job_id, self.request.id)
-    if not sync_flight().acquire(str(store_uuid), str(job.id)):
+    # A job with a checkpoint continues a run under way: requests folded into it stay pending.
+    if not sync_flight().acquire(str(store_uuid), str(job.id), resume=bool(job.checkpoint)):
         set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
         return {"job_id": str(job.id), "coalesced": True}
     store = _load_store(store_uuid)
@@ -99,10 +119,13 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     if not progress.done:
         # Queued first: the continuation may start (and mark it running) at once.
         set_status(job.id, SyncJobStatus.QUEUED)
+        sync_flight().requeue(str(store_uuid), str(job.id), 0.0)
         sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
         return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
-    set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
+    # The follow-up is published before the job ends: should publishing fail, the retry of a
+    # job still running does it again (the message of an ended job would be a no-op).
     _release(store_uuid, job.id)
+    set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
     announce(
         store.business_id,
         "sync.completed",
@@ -215,8 +238,16 @@ def _mark_store(store_id: uuid.UUID, status: StoreStatus, reason: str) -> None:
 
 def _release(store_id: uuid.UUID, job_id: uuid.UUID) -> None:
     """End this run's hold on the store; requests that arrived meanwhile get one follow-up."""
-    if sync_flight().release(str(store_id), str(job_id)):
-        enqueue_job(store_id, SyncTrigger.FOLLOW_UP)
+    follow_up = uuid.uuid4()  # the pending marker names it before its row exists
+    if not sync_flight().release(str(store_id), str(job_id), str(follow_up)):
+        return
+    try:
+        enqueue_job(store_id, SyncTrigger.FOLLOW_UP, follow_up)
+    except StoreNotSyncable:
+        sync_flight().cancel(str(store_id), str(follow_up))  # paused: its activation syncs
+    except BaseException:
+        sync_flight().cancel(str(store_id), str(follow_up))
+        raise
 
 
 __all__ = ["SyncTask", "sync_store"]
