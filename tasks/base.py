@@ -153,9 +153,9 @@ class SafeguardedTask(Task):  # type: ignore[misc]
             log.error("archiving %s[%s] failed, requeueing: %s", self.name, request.id, db_exc)
             raise Reject(db_exc, requeue=True) from db_exc
         self.on_archived(entry_id, category, exc)
-        if (store_id := self._store_id_or_none()) is not None:
+        if (business_id := self._business_or_none()) is not None:
             announce(
-                store_business(store_id),
+                business_id,
                 "dead_letter.added",
                 {"entry_id": str(entry_id), "category": category.value, "job_type": self.name},
             )
@@ -240,6 +240,13 @@ class SafeguardedTask(Task):  # type: ignore[misc]
         try:
             return self.store_id()
         except ValidationFailure:
+            return None
+
+    def _business_or_none(self) -> uuid.UUID | None:
+        try:
+            store_id = self.store_id()
+            return None if store_id is None else store_business(store_id)
+        except ValidationFailure:  # no store, or one deleted meanwhile: nobody to tell
             return None
 
     def _record_outcome(self, outcome: str, duration_s: float) -> None:
