@@ -34,6 +34,12 @@ _redis_transport: dict[str, Any] = {
 broker_transport_options: dict[str, Any] = (
     dict(_redis_transport) if broker_url.startswith(("redis", "sentinel")) else {}
 )
+# A queue entry kombu cannot parse is wrapped and archived instead of killing the worker
+# (see tasks/redis_transport.py); every other message is delivered exactly as by kombu.
+if broker_url.startswith(("redis://", "rediss://")):
+    broker_transport = "tasks.redis_transport:Transport"
+# Poison messages (unknown task, undecodable body) are archived before they are dropped.
+worker_consumer = "tasks.poison:ArchivingConsumer"
 result_backend_transport_options: dict[str, Any] = dict(_redis_transport)
 
 # JSON only: pickle would let anyone who can write to the broker run code on the workers.

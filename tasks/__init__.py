@@ -13,7 +13,8 @@ TASK_MODULES = [
     "tasks.alerting",
 ]
 
-app = Celery("syncguard", include=TASK_MODULES)
+# Every task derives from ArchivingTask: bad arguments and failures end in the archive.
+app = Celery("syncguard", include=TASK_MODULES, task_cls="tasks.archiving:ArchivingTask")
 # Lazy: the configuration (and any embedded server it needs) loads on first use, not on import.
 app.config_from_object("celeryconfig")
 

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from celery import Task
 from celery.exceptions import Reject, Retry
 
 from models import FailureCategory, MetricType, Provider, Store
@@ -36,6 +35,7 @@ from safeguards.health_metrics.prometheus import count_task
 from safeguards.health_metrics.recorder import record_metric
 from syncguard.db import service_session
 from syncguard.settings import get_settings
+from tasks.archiving import ArchivingTask
 from tasks.events import announce
 from tasks.guard import CallScope, default_classifier, guarded_call, preflight
 
@@ -47,9 +47,11 @@ DEFERRALS = "syncguard_deferrals"
 _DEFERRAL_HEADERS = frozenset({DEFERRED_SINCE, DEFERRALS})
 
 
-class SafeguardedTask(Task):  # type: ignore[misc]
+class SafeguardedTask(ArchivingTask):
     """Base class of every task that calls a provider; see the module docstring."""
 
+    #: ``__call__`` archives every failure itself (ArchivingTask.on_failure stands aside).
+    archives_own_failures = True
     #: Retries of a transient failure before the job is archived.
     max_retries = 5
     #: Delay before the first retry, seconds; doubles per retry, full jitter.

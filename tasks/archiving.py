@@ -1,0 +1,135 @@
+"""ArchivingTask: the base of every syncguard task, so that no failed job is acknowledged unseen.
+
+Celery acknowledges a failed task (``acks_late`` acknowledges failures too) and keeps only a
+result that expires; a task whose arguments do not fit its signature fails the same way. This
+base hooks Celery's own task lifecycle, in the worker child, before the message is acknowledged:
+
+- ``before_start`` binds the message's arguments to the task's signature. A mismatch (wrong
+  count, unknown keyword) is archived as ``validation`` and the body never runs: Celery would
+  raise the same TypeError on the call, and SafeguardedTask would retry it as if transient.
+- ``on_failure`` archives any other failure of a task whose class does not archive its own
+  (SafeguardedTask's ``__call__`` does, and says so with ``archives_own_failures``): a
+  ``CallFailure`` keeps its category, a failure after retries is ``transient_exhausted``, and
+  any other is ``validation`` (malformed input or a bug: retrying the same message cannot help).
+
+If the archive cannot be written the message is not acknowledged: ``Reject(requeue=True)``
+hands it back to the broker (Celery's worker honours a Reject raised from these hooks), after a
+pause that doubles with each consecutive archive failure in this process, up to
+``ARCHIVE_RETRY_MAX_S``, so a database outage cannot spin a message through the broker.
+
+``tasks/__init__`` makes this the app's ``task_cls``; SafeguardedTask derives from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+
+from models import FailureCategory
+from safeguards.backoff import compute_backoff
+from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
+from safeguards.errors import CallFailure, ValidationFailure
+
+log = logging.getLogger(__name__)
+
+#: Pause before handing back a message whose archive failed once, seconds; doubles per failure.
+ARCHIVE_RETRY_BASE_S = 0.5
+#: Longest such pause, seconds.
+ARCHIVE_RETRY_MAX_S = 30.0
+# Set on the request once this run's failure is archived, so on_failure does not write twice.
+_ARCHIVED = "syncguard_archived_entry"
+# Consecutive archive failures in this process (reset by a success); sizes the pause.
+_archive_failures = 0
+
+
+class ArchivingTask(Task):  # type: ignore[misc]
+    """Base of every task: bad arguments and failures end in the archive (see module doc)."""
+
+    #: True where the class's own lifecycle archives its failures (SafeguardedTask.__call__).
+    archives_own_failures: bool = False
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """Refuse arguments the task's signature cannot take: archived, the body never runs."""
+        try:
+            inspect.signature(self.run).bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            failure = ValidationFailure(f"{self.name} cannot take these arguments: {exc}")
+            self.archive(failure, FailureCategory.VALIDATION)
+            raise failure from exc
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Archive the failed job unless its class or ``before_start`` already did."""
+        if self.archives_own_failures or getattr(self.request, _ARCHIVED, None) is not None:
+            return
+        self.archive(exc, failure_category(exc, int(self.request.retries or 0)))
+
+    def archive(self, exc: BaseException, category: FailureCategory) -> uuid.UUID:
+        """Write the complete job to the archive; if that fails, hand the message back."""
+        global _archive_failures
+        request = self.request
+        try:
+            entry_id = move_to_dead_letter_queue(
+                request.id,
+                self.name,
+                f"{type(exc).__name__}: {exc}",
+                int(request.retries or 0),
+                job_data(self),
+                failure_category=category,
+                error_context=error_context_from(exc, worker=request.hostname),
+            )
+        except Exception as db_exc:
+            pause_s = compute_backoff(
+                _archive_failures,
+                base_s=ARCHIVE_RETRY_BASE_S,
+                max_backoff_s=ARCHIVE_RETRY_MAX_S,
+                jitter=False,
+            )
+            _archive_failures += 1
+            log.error(
+                "archiving %s[%s] failed, requeueing in %.1fs: %s",
+                self.name,
+                request.id,
+                pause_s,
+                db_exc,
+            )
+            time.sleep(pause_s)
+            raise Reject(db_exc, requeue=True) from db_exc
+        _archive_failures = 0
+        setattr(request, _ARCHIVED, entry_id)
+        return entry_id
+
+
+def failure_category(exc: BaseException, retries: int) -> FailureCategory:
+    """The archive category of a failure in a task that does not classify its own."""
+    if isinstance(exc, CallFailure):
+        return exc.category
+    if retries > 0:
+        return FailureCategory.TRANSIENT_EXHAUSTED
+    return FailureCategory.VALIDATION
+
+
+def job_data(task: Task) -> dict[str, Any]:
+    """Everything replay needs to publish ``task``'s current job again."""
+    request = task.request
+    delivery = request.delivery_info or {}
+    return {
+        "task": task.name,
+        "args": list(request.args or ()),
+        "kwargs": dict(request.kwargs or {}),
+        "headers": dict(request.headers or {}),
+        "options": {
+            "queue": delivery.get("routing_key") or task.queue,
+            "priority": delivery.get("priority"),
+        },
+        "retries": request.retries,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+    }
