@@ -24,6 +24,15 @@ def database_url(settings: Settings | None = None) -> str:
     return ensure_services(settings or get_settings()).database_url
 
 
+#: SQLSTATE of a foreign-key violation (also raised by the trigger that fills ``business_id``).
+FOREIGN_KEY_VIOLATION = "23503"
+
+
+def is_foreign_key_violation(exc: BaseException) -> bool:
+    """True for a database error saying a referenced row (a store, a business) does not exist."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == FOREIGN_KEY_VIOLATION
+
+
 #: One pooled engine per (url, role) per process; a forked child must call dispose_engines().
 _engines: dict[tuple[str, str], Engine] = {}
 

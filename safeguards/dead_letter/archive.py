@@ -32,7 +32,7 @@ from safeguards.dead_letter.entries import (
 from safeguards.dead_letter.replay import Enqueue, ReplayResult, replay, replay_many
 from safeguards.redaction import redact, redact_text, truncate
 from safeguards.storable import storable_json, storable_text
-from syncguard.db import session_or_new
+from syncguard.db import is_foreign_key_violation, session_or_new
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -56,8 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: Longest failure reason or exception message kept, in characters.
 MAX_REASON_CHARS = 4_000
-#: SQLSTATE of a foreign-key violation (the business_id trigger raises it for a missing store).
-_FOREIGN_KEY_VIOLATION = "23503"
 #: Longest traceback kept, in characters; its end, where the error is raised, is what is kept.
 MAX_TRACEBACK_CHARS = 20_000
 
@@ -129,9 +127,7 @@ def _insert_entry(
             with s.begin_nested():  # a savepoint: the caller's transaction stays usable
                 entry_id: uuid.UUID = s.execute(statement.values(dropped)).scalar_one()
         except IntegrityError as exc:
-            if getattr(exc.orig, "sqlstate", None) != _FOREIGN_KEY_VIOLATION:
-                raise
-            if dropped is attempts[-1]:
+            if not is_foreign_key_violation(exc) or dropped is attempts[-1]:
                 raise
             continue
         if dropped:

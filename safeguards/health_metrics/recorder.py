@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from models import MetricType, SystemHealthMetric
-from syncguard.db import service_session
+from models import Business, MetricType, Store, SystemHealthMetric
+from syncguard.db import is_foreign_key_violation, service_session
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,40 @@ Writer = Callable[[Sequence[Metric]], None]
 
 
 def write_metrics(metrics: Sequence[Metric]) -> None:
-    """Insert ``metrics`` in one multi-row statement (the trigger fills business_id)."""
+    """Insert ``metrics`` in one multi-row statement (the trigger fills business_id).
+
+    A row about a store or business deleted since it was measured is written without that
+    reference (the id kept in its tags as ``deleted_store_id`` / ``deleted_business_id``):
+    otherwise the batch would fail the same way on every flush and hold every metric back.
+    """
+    rows = [asdict(m) for m in metrics]
     with service_session() as session:
-        session.execute(insert(SystemHealthMetric), [asdict(m) for m in metrics])
+        try:
+            with session.begin_nested():
+                session.execute(insert(SystemHealthMetric), rows)
+            return
+        except IntegrityError as exc:
+            if not is_foreign_key_violation(exc):
+                raise
+        session.execute(insert(SystemHealthMetric), _without_deleted(session, rows))
+
+
+def _without_deleted(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with references to stores and businesses that no longer exist moved to tags."""
+    live: dict[str, set[Any]] = {}
+    for column, model in (("store_id", Store), ("business_id", Business)):
+        wanted = {row[column] for row in rows if row[column] is not None}
+        live[column] = set(session.scalars(select(model.id).where(model.id.in_(wanted))))
+    cleaned = []
+    for row in rows:
+        row = {**row, "tags": dict(row["tags"])}
+        for column, found in live.items():
+            if row[column] is not None and row[column] not in found:
+                row["tags"][f"deleted_{column}"] = str(row[column])
+                row[column] = None
+        cleaned.append(row)
+    log.warning("metrics about deleted stores or businesses written without them")
+    return cleaned
 
 
 class MetricsBuffer:

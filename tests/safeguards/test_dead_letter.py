@@ -139,6 +139,47 @@ def test_archive_is_idempotent_on_job_id_and_keeps_the_first_row(tenant: Tenant)
     assert _entry(first).failure_reason == "first"
 
 
+def test_a_job_whose_store_was_deleted_is_archived_without_it(engine: Engine) -> None:
+    gone, business_gone = uuid.uuid4(), uuid.uuid4()
+    with service_session(engine) as session:  # the caller's own transaction stays usable
+        entry_id = move_to_dead_letter_queue(
+            "job-of-a-deleted-store",
+            "tasks.sync.sync_store",
+            "ValidationFailure: store does not exist",
+            0,
+            _job(gone),
+            failure_category=FailureCategory.VALIDATION,
+            error_context={"exception_type": "ValidationFailure"},
+            store_id=gone,
+            business_id=business_gone,
+            session=session,
+        )
+        session.execute(text("SELECT 1"))
+    entry = _entry(entry_id)
+    assert (entry.store_id, entry.business_id) == (None, None)
+    assert entry.args[0] == str(gone)  # what is known is kept
+    assert entry.error_context == {
+        "exception_type": "ValidationFailure",
+        "dangling_references": {"store_id": str(gone), "business_id": str(business_gone)},
+    }
+
+
+def test_only_the_reference_that_dangles_is_left_out(engine: Engine, tenant: Tenant) -> None:
+    gone = uuid.uuid4()
+    entry_id = move_to_dead_letter_queue(
+        str(uuid.uuid4()),
+        "tasks.sync.sync_store",
+        "ValidationFailure: store does not exist",
+        0,
+        _job(gone),
+        store_id=gone,
+        business_id=tenant.business_id,
+    )
+    entry = _entry(entry_id)
+    assert (entry.store_id, entry.business_id) == (None, tenant.business_id)
+    assert entry.error_context["dangling_references"] == {"store_id": str(gone)}
+
+
 def test_the_seed_query_shows_the_unreviewed_entry(engine: Engine, tenant: Tenant) -> None:
     entry_id = _archive(tenant)
 

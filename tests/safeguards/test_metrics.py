@@ -68,3 +68,28 @@ def test_default_writer_uses_the_service_role(engine: Engine) -> None:
     name = f"m-{uuid.uuid4().hex[:6]}"
     write_metrics([Metric(MetricType.QUEUE, name, 3.0, "tasks")])
     assert _count(engine, name) == 1
+
+
+def test_a_metric_of_a_deleted_store_does_not_hold_the_batch_back(engine: Engine) -> None:
+    with service_session(engine) as session:
+        store = make_store(session, make_business(session))
+    gone = uuid.uuid4()
+    name = f"m-{uuid.uuid4().hex[:6]}"
+    buffer = MetricsBuffer(flush_interval_s=3600)
+    buffer.record(Metric(MetricType.PERFORMANCE, name, 1.0, "ms", store_id=gone))
+    buffer.record(Metric(MetricType.PERFORMANCE, name, 2.0, "ms", store_id=store.id))
+
+    assert buffer.flush() == 2 and buffer.pending() == 0
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT metric_value, store_id, business_id, tags FROM system_health_metrics "
+                "WHERE metric_name = :n ORDER BY metric_value"
+            ),
+            {"n": name},
+        ).all()
+    assert [(r.store_id, r.business_id, r.tags) for r in rows] == [
+        (None, None, {"deleted_store_id": str(gone)}),
+        (store.id, store.business_id, {}),
+    ]
