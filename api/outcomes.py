@@ -68,10 +68,12 @@ class Ignored(Exception):
 
 
 #: Errors the notification's own data causes deeper down, which no retry can cure: a value
-#: PostgreSQL refuses (``DataError``), a store that vanished or was paused between our lookup
-#: and the enqueue (``ValidationFailure`` from ``tasks.sync.jobs.create_job``).
+#: PostgreSQL or its driver refuses (``DataError``, a lone surrogate's ``UnicodeEncodeError``),
+#: a store that vanished or was paused between our lookup and the enqueue (``ValidationFailure``
+#: from ``tasks.sync.jobs.create_job``).
 NEVER_SUCCEEDING_ERRORS: tuple[type[Exception], ...] = (
     sqlalchemy.exc.DataError,
+    UnicodeEncodeError,
     ValidationFailure,
 )
 
