@@ -7,7 +7,12 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+_T = TypeVar("_T")
+
+#: What a parser raises on a value of the wrong shape (a date that is no date, a huge number).
+UNREADABLE_ERRORS = (TypeError, ValueError, OverflowError, OSError)
 
 #: Wraps one HTTP request: ``call_guard(operation, cost)`` is entered around each request.
 CallGuard = Callable[[str, int], AbstractContextManager[None]]
@@ -45,6 +50,37 @@ def from_epoch_ms(value: str | int | None) -> datetime | None:
     return None if value in (None, "") else datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
+def lenient(parse: Callable[[Any], _T], value: Any, name: str, unreadable: list[str]) -> _T | None:
+    """``parse(value)``; None, with ``name`` added to ``unreadable``, when the provider's value
+    has a shape ``parse`` cannot read. One bad optional field must not fail its whole page."""
+    try:
+        return parse(value)
+    except UNREADABLE_ERRORS:
+        unreadable.append(name)
+        return None
+
+
+def optional_text(value: Any) -> str | None:
+    """A provider's optional text field: a string or None; anything else is unreadable."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected text, got {type(value).__name__}")
+
+
+def text_items(values: Any, name: str, unreadable: list[str]) -> tuple[str, ...]:
+    """The strings of a provider's list field (labels, categories); other items are dropped
+    and ``name`` added to ``unreadable``."""
+    if values is None:
+        return ()
+    if not isinstance(values, list | tuple):
+        unreadable.append(name)
+        return ()
+    kept = tuple(item for item in values if isinstance(item, str))
+    if len(kept) != len(values):
+        unreadable.append(name)
+    return kept
+
+
 @dataclass(frozen=True)
 class RemoteMessage:
     """One message as the provider lists it (metadata only)."""
@@ -59,6 +95,8 @@ class RemoteMessage:
     size_bytes: int | None
     #: Gmail ``historyId`` of the message, Graph ``changeKey``: changes when the message does.
     version: str | None
+    #: Fields the provider sent in a shape the adapter could not read, left empty (or partial).
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ from providers.base import (
     RemoteMessage,
     Subscription,
     from_epoch_ms,
+    lenient,
     no_guard,
+    optional_text,
     resolve_costs,
+    text_items,
 )
 from providers.errors import (
     CursorExpired,
@@ -86,26 +89,41 @@ def classify(operation: str, response: httpx.Response) -> ProviderError:
     return ProviderRequestError(message, provider=PROVIDER, status=status, code=code)
 
 
-def _header(payload: Mapping[str, Any], name: str) -> str | None:
-    for header in payload.get("headers", []):
-        if str(header.get("name", "")).lower() == name.lower():
-            return str(header.get("value"))
+def _header(payload: Any, name: str) -> Any:
+    headers = payload.get("headers") if isinstance(payload, Mapping) else None
+    for header in headers if isinstance(headers, list) else []:
+        if isinstance(header, Mapping) and str(header.get("name", "")).lower() == name.lower():
+            return header.get("value")
     return None
 
 
+def _size(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
-    """A ``messages.get`` (format=metadata) answer as a RemoteMessage."""
-    payload = body.get("payload") or {}
-    size = body.get("sizeEstimate")
+    """A ``messages.get`` (format=metadata) answer as a RemoteMessage.
+
+    Raises KeyError without an ``id``; any other field Gmail sends in a shape we cannot read
+    is left empty and named in ``unreadable`` (one odd message must not fail its page).
+    """
+    unreadable: list[str] = []
+    thread_id = lenient(optional_text, body.get("threadId"), "thread_id", unreadable)
+    labels = text_items(body.get("labelIds"), "labels", unreadable)
+    subject = lenient(optional_text, _header(body.get("payload"), "Subject"), "subject", unreadable)
+    sender = lenient(optional_text, _header(body.get("payload"), "From"), "sender", unreadable)
+    received_at = lenient(from_epoch_ms, body.get("internalDate"), "received_at", unreadable)
+    size = lenient(_size, body.get("sizeEstimate"), "size_bytes", unreadable)
     return RemoteMessage(
         provider_message_id=str(body["id"]),
-        thread_id=body.get("threadId"),
-        labels=tuple(body.get("labelIds") or ()),
-        subject=_header(payload, "Subject"),
-        sender=_header(payload, "From"),
-        received_at=from_epoch_ms(body.get("internalDate")),
-        size_bytes=int(size) if size is not None else None,
+        thread_id=thread_id,
+        labels=labels,
+        subject=subject,
+        sender=sender,
+        received_at=received_at,
+        size_bytes=size,
         version=str(body["historyId"]) if body.get("historyId") is not None else None,
+        unreadable=tuple(unreadable),
     )
 
 

@@ -16,9 +16,12 @@ from providers.base import (
     FullPage,
     RemoteMessage,
     Subscription,
+    lenient,
     no_guard,
+    optional_text,
     parse_datetime,
     resolve_costs,
+    text_items,
 )
 from providers.errors import (
     CursorExpired,
@@ -72,21 +75,37 @@ def classify(operation: str, response: httpx.Response) -> ProviderError:
     return ProviderRequestError(message, provider=PROVIDER, status=status, code=code)
 
 
+def _sender(item: Mapping[str, Any]) -> Any:
+    sender = item.get("from")
+    email = sender.get("emailAddress") if isinstance(sender, Mapping) else None
+    return email.get("address") if isinstance(email, Mapping) else None
+
+
 def parse_message(item: Mapping[str, Any]) -> RemoteMessage:
-    """A delta item as a RemoteMessage; categories are the labels, plus UNREAD as Gmail has it."""
-    sender = ((item.get("from") or {}).get("emailAddress") or {}).get("address")
-    labels = tuple(item.get("categories") or ())
+    """A delta item as a RemoteMessage; categories are the labels, plus UNREAD as Gmail has it.
+
+    Raises KeyError without an ``id``; any other field Graph sends in a shape we cannot read
+    is left empty and named in ``unreadable`` (one odd message must not fail its page).
+    """
+    unreadable: list[str] = []
+    labels = text_items(item.get("categories"), "labels", unreadable)
     if item.get("isRead") is False:
         labels += ("UNREAD",)
+    thread_id = lenient(optional_text, item.get("conversationId"), "thread_id", unreadable)
+    subject = lenient(optional_text, item.get("subject"), "subject", unreadable)
+    sender = lenient(optional_text, _sender(item), "sender", unreadable)
+    received = lenient(parse_datetime, item.get("receivedDateTime"), "received_at", unreadable)
+    version = item.get("changeKey") or item.get("@odata.etag")
     return RemoteMessage(
         provider_message_id=str(item["id"]),
-        thread_id=item.get("conversationId"),
+        thread_id=thread_id,
         labels=labels,
-        subject=item.get("subject"),
+        subject=subject,
         sender=sender,
-        received_at=parse_datetime(item.get("receivedDateTime")),
+        received_at=received,
         size_bytes=None,
-        version=item.get("changeKey") or item.get("@odata.etag"),
+        version=lenient(optional_text, version, "provider_version", unreadable),
+        unreadable=tuple(unreadable),
     )
 
 

@@ -89,10 +89,12 @@ WEBHOOK_DURATION = Family(
     ("provider", "kind"),
     WEBHOOK_BUCKETS_S,
 )
-STORABLE_REPAIRS = Family(
-    "syncguard_text_made_storable_total",
-    "Provider-supplied values changed so PostgreSQL can store them (NUL, surrogates, length).",
-    ("table", "field"),
+#: ``repair`` is "storable" (NUL, unpaired surrogate or over-long text replaced or fitted) or
+#: "unreadable" (a value of a shape the adapter could not read, left empty).
+VALUE_REPAIRS = Family(
+    "syncguard_provider_values_repaired_total",
+    "Provider-supplied values changed before they were stored, by field and kind of repair.",
+    ("table", "field", "repair"),
 )
 ROWS_SET_ASIDE = Family(
     "syncguard_rows_set_aside_total",
@@ -107,7 +109,7 @@ FAMILIES = (
     WEBHOOK_DELIVERIES,
     WEBHOOK_IGNORED,
     WEBHOOK_DURATION,
-    STORABLE_REPAIRS,
+    VALUE_REPAIRS,
     ROWS_SET_ASIDE,
 )
 
@@ -235,13 +237,13 @@ def count_webhook(
     COUNTERS.send(build)
 
 
-def count_storable_repairs(table: str, fields: Iterable[str]) -> None:
-    """Count each field of one row whose provider value was changed to be storable."""
+def count_value_repairs(table: str, fields: Iterable[str], repair: str) -> None:
+    """Count each field of one row whose provider value was repaired (``repair``: the kind)."""
     names = list(fields)
 
     def build(pipe: Pipeline) -> None:
         for name in names:
-            _inc(pipe, STORABLE_REPAIRS, (table, name))
+            _inc(pipe, VALUE_REPAIRS, (table, name, repair))
 
     if names:
         COUNTERS.send(build)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal, text
+from sqlalchemy import ARRAY, Text, bindparam, delete, func, literal, text
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from models import SyncedMessage
 from providers.base import LabelChange, RemoteMessage
-from safeguards.health_metrics.prometheus import count_storable_repairs
+from safeguards.health_metrics.prometheus import count_value_repairs
 from safeguards.storable import (
     DATA_ERRORS,
     data_error_kind,
@@ -46,8 +46,10 @@ _TEXT_BOUNDS: dict[str, int | None] = {
     "sender": None,
     "provider_version": ID_CHARS,
 }
-#: Key of ``synced_messages.extra`` listing the fields whose provider value was changed.
+#: Key of ``synced_messages.extra`` listing the fields whose provider value was made storable.
 REPAIRED_KEY = "storable_repaired"
+#: Key of ``synced_messages.extra`` listing the fields the adapter could not read (left empty).
+UNREADABLE_KEY = "provider_unreadable"
 _TABLE = "synced_messages"
 
 # Adds and removes labels in SQL, so applying the same change twice changes nothing.
@@ -93,7 +95,7 @@ def storable_cursor(store_id: uuid.UUID, value: str | None) -> str | None:
     if value is None or is_storable(value):
         return value
     log.warning("store %s: provider cursor made storable, expect a full resync", store_id)
-    count_storable_repairs("sync_jobs", ["cursor"])
+    count_value_repairs("sync_jobs", ["cursor"], "storable")
     return storable_text(value)
 
 
@@ -121,7 +123,7 @@ def _row(store_id: uuid.UUID, message: RemoteMessage) -> dict[str, Any]:
         "received_at": message.received_at,
         "size_bytes": message.size_bytes,
         "provider_version": storable_optional(message.version, ID_CHARS),
-        "extra": {REPAIRED_KEY: repaired} if repaired else {},
+        "extra": _note(repaired, list(message.unreadable)),
     }
     if repaired:
         log.warning(
@@ -130,8 +132,21 @@ def _row(store_id: uuid.UUID, message: RemoteMessage) -> dict[str, Any]:
             row["provider_message_id"],
             ", ".join(repaired),
         )
-        count_storable_repairs(_TABLE, repaired)
+        count_value_repairs(_TABLE, repaired, "storable")
+    if message.unreadable:
+        log.warning(
+            "store %s message %r: provider sent unreadable %s, stored empty",
+            store_id,
+            row["provider_message_id"],
+            ", ".join(message.unreadable),
+        )
+        count_value_repairs(_TABLE, message.unreadable, "unreadable")
     return row
+
+
+def _note(repaired: list[str], unreadable: list[str]) -> dict[str, list[str]]:
+    note = {REPAIRED_KEY: repaired, UNREADABLE_KEY: unreadable}
+    return {key: fields for key, fields in note.items() if fields}
 
 
 def _upsert(rows: list[dict[str, Any]]) -> Any:
@@ -140,8 +155,9 @@ def _upsert(rows: list[dict[str, Any]]) -> Any:
         name: stmt.excluded[name]
         for name in ("thread_id", "labels", "subject", "sender", "received_at", "size_bytes")
     }
-    # The repair note describes the latest version only; other keys of ``extra`` stay.
-    extra = SyncedMessage.extra.op("-")(literal(REPAIRED_KEY)).op("||")(stmt.excluded.extra)
+    # The repair notes describe the latest version only; other keys of ``extra`` stay.
+    notes = literal([REPAIRED_KEY, UNREADABLE_KEY], ARRAY(Text))
+    extra = SyncedMessage.extra.op("-")(notes).op("||")(stmt.excluded.extra)
     return stmt.on_conflict_do_update(
         index_elements=["store_id", "provider_message_id"],
         set_={

@@ -24,7 +24,7 @@ from models import (
 )
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards import ArchiveFilter, list_entries
-from safeguards.health_metrics.prometheus import STORABLE_REPAIRS, Family
+from safeguards.health_metrics.prometheus import VALUE_REPAIRS, Family
 from syncguard.db import service_session
 from tasks.outbound.delivery import register_endpoint
 from tasks.outbound.signing import verify
@@ -256,7 +256,7 @@ def test_a_nul_in_a_gmail_subject_is_stored_replaced_and_recorded(
     store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
     plain = [mailbox.add("Order 1"), mailbox.add("Order 2")]
     bad = mailbox.add("Invoice\u0000 #42")
-    repairs = _counter(STORABLE_REPAIRS, "synced_messages", "subject")
+    repairs = _counter(VALUE_REPAIRS, "synced_messages", "subject", "storable")
 
     # When it is synced
     job_id = request_sync(store_id)
@@ -272,7 +272,7 @@ def test_a_nul_in_a_gmail_subject_is_stored_replaced_and_recorded(
     assert stored[bad].subject == "Invoice\ufffd #42"
     assert stored[bad].extra == {"storable_repaired": ["subject"]}
     assert stored[plain[0]].extra == {}
-    assert _counter(STORABLE_REPAIRS, "synced_messages", "subject") == repairs + 1
+    assert _counter(VALUE_REPAIRS, "synced_messages", "subject", "storable") == repairs + 1
     assert list_entries(ArchiveFilter(store_id=store_id)) == []
 
     # And every later full sync of the mailbox succeeds the same way

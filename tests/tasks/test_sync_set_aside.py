@@ -44,6 +44,10 @@ def _message(message_id: str, size: int) -> dict[str, Any]:
     }
 
 
+#: Message id -> fields that replace the scripted defaults of ``_message``.
+ODD: dict[str, dict[str, Any]] = {"m2": {"sizeEstimate": HUGE}}
+
+
 def _gmail(seen: Seen) -> Reply:
     if (token := token_reply(seen)) is not None:
         return token
@@ -53,7 +57,7 @@ def _gmail(seen: Seen) -> Reply:
         return Reply(200, {"messages": [{"id": i} for i in ("m1", "m2", "m3")]})
     if seen.path.startswith(f"{ROOT}/messages/"):
         message_id = seen.path.rsplit("/", 1)[1]
-        return Reply(200, _message(message_id, HUGE if message_id == "m2" else 1200))
+        return Reply(200, {**_message(message_id, 1200), **ODD.get(message_id, {})})
     if seen.path == f"{ROOT}/history":
         return Reply(200, {"historyId": "100"})
     return Reply(404, {"error": {"code": 404, "message": "unscripted"}})
@@ -141,3 +145,37 @@ def test_a_later_full_sync_sets_the_same_message_aside_once_and_succeeds(
 
     assert again.status is SyncJobStatus.SUCCEEDED, again.error_message
     assert len(list_entries(ArchiveFilter(store_id=store_id))) == 1  # one entry per message
+
+
+def test_fields_gmail_sends_in_an_unreadable_shape_are_stored_empty_and_noted(
+    engine: Engine, gmail: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a page whose messages carry a date that is no date, a non-text label, odd headers
+    odd = {
+        "m1": {"internalDate": "yesterday", "labelIds": ["INBOX", 7]},
+        "m2": {"payload": {"headers": [{"name": "Subject", "value": {"text": "x"}}, "junk"]}},
+        "m3": {"sizeEstimate": "big", "threadId": ["t"]},
+    }
+    for message_id, fields in odd.items():
+        monkeypatch.setitem(ODD, message_id, fields)
+    store_id = _store(engine)
+
+    _, job = _run_full_sync(engine, store_id)
+
+    # Then every message is stored, the unreadable fields empty and named on the row
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    with service_session(engine) as session:
+        rows = {
+            row.provider_message_id: row
+            for row in session.scalars(
+                select(SyncedMessage).where(SyncedMessage.store_id == store_id)
+            )
+        }
+        assert set(rows) == {"m1", "m2", "m3"}
+        assert rows["m1"].received_at is None and rows["m1"].labels == ["INBOX"]
+        assert rows["m1"].extra == {"provider_unreadable": ["labels", "received_at"]}
+        assert rows["m2"].subject is None
+        assert rows["m2"].extra == {"provider_unreadable": ["subject"]}
+        assert rows["m3"].size_bytes is None and rows["m3"].thread_id is None
+        assert rows["m3"].extra == {"provider_unreadable": ["thread_id", "size_bytes"]}
+    assert list_entries(ArchiveFilter(store_id=store_id)) == []
