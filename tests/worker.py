@@ -27,12 +27,14 @@ def running_worker(
     pool: str = "prefork",
     env: dict[str, str] | None = None,
     purge_first: bool = True,
+    purge_last: bool = True,
 ) -> Iterator[subprocess.Popen[str]]:
     """A worker on this run's servers (the environment conftest set), ready when yielded.
 
     Test modules share one broker: messages another module left behind would otherwise run
     here, against that module's (stopped) emulator. Queues are emptied when the worker stops,
-    and before it starts unless the test enqueued its own work first (``purge_first=False``).
+    and before it starts unless the test enqueued its own work first (``purge_first=False``);
+    ``purge_last=False`` leaves them for a worker the test starts next.
     """
     if purge_first:
         purge_queues()
@@ -52,7 +54,8 @@ def running_worker(
         yield proc
     finally:
         stop(proc)
-        purge_queues()
+        if purge_last:
+            purge_queues()
         sys.stderr.write(f"[worker log: {log_path}]\n")
 
 
