@@ -12,13 +12,16 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 from celery.result import AsyncResult
 from sqlalchemy import Engine, select, update
 
 from models import FailedJobArchive, FailureCategory, Provider, SyncJob, SyncJobStatus, SyncTrigger
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards.dead_letter.archive import move_to_dead_letter_queue, replay
+from safeguards.redis_state import key
 from syncguard.db import service_session
+from syncguard.settings import get_settings
 from tasks import app
 from tasks.replay import enqueue_archived
 from tasks.sync.requests import request_sync, sync_flight
@@ -127,6 +130,22 @@ def test_a_marker_left_by_a_job_that_ended_does_not_fold_requests(
     assert wait_for_job(engine, job_id).status is SyncJobStatus.SUCCEEDED
 
 
+def test_the_pending_marker_lives_for_the_queue_bound_not_for_hours(
+    engine: Engine, emulator: EmulatorHandle, redis_client: redis.Redis
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    mailbox.add("hello")
+    mailbox.faults(slow_ms=300)  # the job is still pending when its marker is read
+    job_id = request_sync(store_id)
+    assert job_id is not None
+
+    ttl_ms = redis_client.pttl(key("sync", str(store_id), "pending"))
+
+    assert 0 < ttl_ms <= get_settings().sync_queue_bound_s * 1000
+    wait_for_job(engine, job_id)
+    mailbox.faults()
+
+
 def test_a_marker_of_a_job_still_queued_folds_requests(engine: Engine) -> None:
     with service_session(engine) as session:
         store = make_store(session, make_business(session))
@@ -213,7 +232,9 @@ def test_messages_for_a_store_that_does_not_exist_are_archived_once_and_free_the
         app.send_task(SYNC_TASK, args=[str(ghosts[1])]),
         app.send_task("tasks.webhooks.create_subscription", args=[str(ghosts[2])]),
     ]
-    for result in sent:
+    # A renewal of a subscription deleted with its store: no store is known at all.
+    renewal = app.send_task("tasks.webhooks.renew_subscription", args=[str(uuid.uuid4())])
+    for result in [*sent, renewal]:
         eventually(lambda r=result: _archive_rows(r.id), timeout_s=60)
 
     # Two worker slots and three poison messages: work still gets done.
@@ -230,3 +251,6 @@ def test_messages_for_a_store_that_does_not_exist_are_archived_once_and_free_the
         assert "does not exist" in row.failure_reason
         assert row.updated_at == row.created_at  # archived once, never redelivered
         assert result.state == "FAILURE"
+    [row] = _archive_rows(renewal.id)
+    assert row.failure_category is FailureCategory.VALIDATION and row.store_id is None
+    assert "does not exist" in row.failure_reason and row.updated_at == row.created_at
