@@ -94,22 +94,28 @@ def scrub_record(record: logging.LogRecord) -> None:
 
 
 def _scrub_message_and_args(record: logging.LogRecord) -> None:
+    try:
+        rendered = str(record.msg) % record.args
+    except (TypeError, ValueError, KeyError):
+        # logging would report the bad call with the raw arguments: report it scrubbed instead.
+        record.msg, record.args = scrub(f"{record.msg} {record.args!r}"), ()
+        return
+    clean = scrub(rendered)
+    if clean == rendered:
+        return  # the common case: one render, one scan, the record untouched
     args: Any = record.args
     if isinstance(args, Mapping):
         args = {k: _scrub_arg(v) for k, v in args.items()}
     else:
         args = tuple(_scrub_arg(v) for v in args)
     try:
-        rendered = str(record.msg) % args
-        broken = False
+        shaped = str(record.msg) % args
     except (TypeError, ValueError, KeyError):
-        # logging would report the bad call with the raw arguments: report it scrubbed instead.
-        rendered, broken = f"{record.msg} {args!r}", True
-    clean = scrub(rendered)
-    if broken or clean != rendered:
-        record.msg, record.args = clean, ()
-    else:
+        shaped = rendered  # a scrubbed argument no longer fits its placeholder: collapse
+    if scrub(shaped) == shaped:
         record.args = args
+    else:
+        record.msg, record.args = clean, ()
 
 
 class _ScrubbingFactory:

@@ -193,3 +193,20 @@ def test_uvicorn_loggers_go_through_the_one_handler() -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         assert config["loggers"][name] == {"handlers": [], "propagate": True}
     assert config["root"]["handlers"] == ["stderr"]
+
+
+def _record(msg: str, args: tuple[object, ...]) -> logging.LogRecord:
+    return logging.LogRecord("x", logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_a_template_that_puts_the_secret_in_a_query_is_rendered_then_scrubbed() -> None:
+    record = _record("GET /cb?token=%s", ("opaque-secret-value",))
+    scrub_record(record)
+    assert record.getMessage() == f"GET /cb?token={REDACTED}"
+
+
+def test_a_broken_logging_call_is_reported_scrubbed_not_with_its_raw_arguments() -> None:
+    # logging's own error report prints the raw arguments of a call that cannot render.
+    record = _record("%d items", ("sgk_abcdefghijkl",))
+    scrub_record(record)
+    assert record.args == () and "abcdefghijkl" not in record.getMessage()
