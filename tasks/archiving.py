@@ -9,8 +9,11 @@ base hooks Celery's own task lifecycle, in the worker child, before the message 
   raise the same TypeError on the call, and SafeguardedTask would retry it as if transient.
 - ``on_failure`` archives any other failure of a task whose class does not archive its own
   (SafeguardedTask's ``__call__`` does, and says so with ``archives_own_failures``): a
-  ``CallFailure`` keeps its category, a failure after retries is ``transient_exhausted``, and
-  any other is ``validation`` (malformed input or a bug: retrying the same message cannot help).
+  ``CallFailure`` keeps its category; a failure after retries, or of the infrastructure
+  (database, Redis, network, time limit), is ``transient_exhausted``; any other is
+  ``validation`` (malformed input or a bug: running the same message again cannot help).
+
+A task run in process (``apply()``, a direct call) is not archived: its caller gets the error.
 
 If the archive cannot be written the message is not acknowledged: ``Reject(requeue=True)``
 hands it back to the broker (Celery's worker honours a Reject raised from these hooks), after a
@@ -29,12 +32,14 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from redis import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import FailureCategory
 from safeguards.backoff import compute_backoff
 from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
-from safeguards.errors import CallFailure, ValidationFailure
+from safeguards.errors import CallFailure, SafeguardUnavailable, ValidationFailure
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,15 @@ ARCHIVE_RETRY_MAX_S = 30.0
 _ARCHIVED = "syncguard_archived_entry"
 # Consecutive archive failures in this process (reset by a success); sizes the pause.
 _archive_failures = 0
+# Failures of what a task runs on rather than of its input: worth running again later.
+_INFRASTRUCTURE_ERRORS = (
+    OSError,  # includes ConnectionError and TimeoutError
+    OperationalError,
+    InterfaceError,
+    RedisError,
+    SafeguardUnavailable,
+    SoftTimeLimitExceeded,
+)
 
 
 class ArchivingTask(Task):  # type: ignore[misc]
@@ -60,14 +74,17 @@ class ArchivingTask(Task):  # type: ignore[misc]
             inspect.signature(self.run).bind(*(args or ()), **(kwargs or {}))
         except TypeError as exc:
             failure = ValidationFailure(f"{self.name} cannot take these arguments: {exc}")
-            self.archive(failure, FailureCategory.VALIDATION)
+            if not _in_process(self):
+                self.archive(failure, FailureCategory.VALIDATION)
             raise failure from exc
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Archive the failed job unless its class or ``before_start`` already did."""
-        if self.archives_own_failures or getattr(self.request, _ARCHIVED, None) is not None:
+        if self.archives_own_failures or _in_process(self):
+            return
+        if getattr(self.request, _ARCHIVED, None) is not None:
             return
         self.archive(exc, failure_category(exc, int(self.request.retries or 0)))
 
@@ -111,9 +128,14 @@ def failure_category(exc: BaseException, retries: int) -> FailureCategory:
     """The archive category of a failure in a task that does not classify its own."""
     if isinstance(exc, CallFailure):
         return exc.category
-    if retries > 0:
+    if retries > 0 or isinstance(exc, _INFRASTRUCTURE_ERRORS):
         return FailureCategory.TRANSIENT_EXHAUSTED
     return FailureCategory.VALIDATION
+
+
+def _in_process(task: Task) -> bool:
+    """Whether ``task`` runs in its caller's process (no message to acknowledge)."""
+    return bool(task.request.is_eager or task.request.called_directly)
 
 
 def job_data(task: Task) -> dict[str, Any]:
