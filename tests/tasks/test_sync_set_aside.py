@@ -1,8 +1,9 @@
-"""A message the database refuses is set aside while its page commits (issue 10, kind 3).
+"""Provider payloads the emulator cannot produce never break a sync (issue 10, kind 3).
 
-The real sync task runs in-process against real PostgreSQL and Redis; Gmail is a scripted HTTP
-server, because the case needs a payload no text repair can fix: a ``sizeEstimate`` beyond
-PostgreSQL's bigint, which the database refuses with a DataError.
+The real sync task runs in-process against real PostgreSQL and Redis; Gmail and Graph are
+scripted HTTP servers, for payloads the emulator does not serve: a ``sizeEstimate`` beyond
+PostgreSQL's bigint (a DataError no text repair can fix: the message is set aside while its page
+commits), fields of unreadable shapes, and lone surrogates escaped in the JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks.sync.pipeline import sync_store
 from tests.factories import make_business
-from tests.providers import Reply, ScriptedServer, Seen, scripted_server, token_reply
+from tests.providers import Handler, Reply, ScriptedServer, Seen, scripted_server, token_reply
 
 ROOT = "/gmail/v1/users/me"
 HUGE = 2**70  # past bigint (2**63 - 1)
@@ -74,12 +75,12 @@ def gmail(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
     get_settings.cache_clear()
 
 
-def _store(engine: Engine) -> uuid.UUID:
+def _store(engine: Engine, provider: str = "gmail") -> uuid.UUID:
     credentials = OAuthCredentials("client", "client-secret", "refresh-token")
     with service_session(engine) as session:
         store = Store(
             business_id=make_business(session).id,
-            provider="gmail",
+            provider=provider,
             mailbox_address=f"shop-{uuid.uuid4().hex[:8]}@example.com",
             credentials_encrypted=encrypt_json(credentials.to_dict()),
         )
@@ -179,3 +180,52 @@ def test_fields_gmail_sends_in_an_unreadable_shape_are_stored_empty_and_noted(
         assert rows["m3"].size_bytes is None and rows["m3"].thread_id is None
         assert rows["m3"].extra == {"provider_unreadable": ["thread_id", "size_bytes"]}
     assert list_entries(ArchiveFilter(store_id=store_id)) == []
+
+
+DELTA = "/v1.0/me/mailFolders/inbox/messages/delta"
+
+
+def _graph(url: str) -> Handler:
+    """Graph answering one delta page whose items carry lone surrogates (escaped, as JSON may)."""
+
+    def handle(seen: Seen) -> Reply:
+        if (token := token_reply(seen)) is not None:
+            return token
+        if seen.path != DELTA:
+            return Reply(404, {"error": {"code": "itemNotFound", "message": "unscripted"}})
+        item = {
+            "id": "AAMk-1",
+            "subject": "Re: order \ud800",
+            "from": {"emailAddress": {"address": "a\udfff@example.com"}},
+            "categories": ["Blue \ud83d", "Red"],
+            "receivedDateTime": "2026-11-30T10:00:00Z",
+            "conversationId": "c1",
+            "changeKey": "k1",
+            "isRead": True,
+        }
+        return Reply(200, {"value": [item], "@odata.deltaLink": f"{url}{DELTA}?$deltatoken=1"})
+
+    return handle
+
+
+def test_lone_surrogates_from_graph_are_stored_replaced_and_noted(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with scripted_server() as graph:
+        graph.handler = _graph(graph.url)
+        monkeypatch.setenv("SYNCGUARD_GRAPH_API_URL", graph.url)
+        monkeypatch.setenv("SYNCGUARD_GRAPH_TOKEN_URL", f"{graph.url}/token")
+        get_settings.cache_clear()
+        try:
+            store_id = _store(engine, "outlook")
+            _, job = _run_full_sync(engine, store_id)
+        finally:
+            get_settings.cache_clear()
+
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    with service_session(engine) as session:
+        [row] = session.scalars(select(SyncedMessage).where(SyncedMessage.store_id == store_id))
+        assert row.subject == "Re: order \ufffd"
+        assert row.sender == "a\ufffd@example.com"
+        assert row.labels == ["Blue \ufffd", "Red"]
+        assert row.extra == {"storable_repaired": ["labels", "subject", "sender"]}
