@@ -229,3 +229,28 @@ def test_lone_surrogates_from_graph_are_stored_replaced_and_noted(
         assert row.sender == "a\ufffd@example.com"
         assert row.labels == ["Blue \ufffd", "Red"]
         assert row.extra == {"storable_repaired": ["labels", "subject", "sender"]}
+
+
+def test_a_provider_error_whose_text_holds_a_nul_is_archived_not_requeued(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given Gmail refusing the listing with an error message that holds a NUL
+    def refuse(seen: Seen) -> Reply:
+        if seen.path == f"{ROOT}/messages":
+            return Reply(400, {"error": {"code": 400, "message": "Invalid \u0000 query"}})
+        return _gmail(seen)
+
+    gmail.handler = refuse
+    store_id = _store(engine)
+
+    # When the store is synced
+    with service_session(engine) as session:
+        session.get(Store, store_id).sync_cursor = None  # type: ignore[union-attr]
+    result = sync_store.apply(args=[str(store_id)], routing_key="sync")  # as a worker has it
+
+    # Then the job is archived as the validation failure it is, the text made storable
+    assert result.state == "FAILURE"
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.VALIDATION
+    assert "Invalid \ufffd query" in entry.failure_reason
+    assert "Invalid \ufffd query" in entry.error_context["exception_message"]
