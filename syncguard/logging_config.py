@@ -14,8 +14,8 @@ whichever library configured the handlers. Scrubbed are:
 
 ``install_scrubber`` is called by the ``syncguard`` command (and so by every process
 ``syncguard up`` starts) and by the Celery app's process hooks (worker, beat, Flower);
-``configure_logging`` also sets the one format and levels; ``uvicorn_log_config`` is what the
-API server is started with (``syncguard api``).
+``configure_logging`` also sets the one format and levels; ``log_config`` is the dict the API
+server (``syncguard api``) hands to uvicorn, so uvicorn's loggers print through the same handler.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "install_scrubber",
     "log_config",
     "scrub",
+    "scrub_record",
 ]
 
 #: What a scrubbed value is replaced with.
