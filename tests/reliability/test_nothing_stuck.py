@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 import redis
@@ -235,7 +236,7 @@ def test_messages_for_a_store_that_does_not_exist_are_archived_once_and_free_the
     # A renewal of a subscription deleted with its store: no store is known at all.
     renewal = app.send_task("tasks.webhooks.renew_subscription", args=[str(uuid.uuid4())])
     for result in [*sent, renewal]:
-        eventually(lambda r=result: _archive_rows(r.id), timeout_s=60)
+        eventually(partial(_archive_rows, result.id), timeout_s=60)
 
     # Two worker slots and three poison messages: work still gets done.
     store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
