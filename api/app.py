@@ -7,12 +7,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
 from api import dashboard, gmail, metrics, outlook, v1
-from api.errors import OUTAGE_ERRORS
+from api.auth import describe
+from api.errors import BAD_VALUE_ERRORS, OUTAGE_ERRORS, log_redacted
 from api.push_auth import PushTokenVerifier
 from syncguard.db import service_session
 from syncguard.settings import Settings, get_settings
@@ -35,6 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for error in BAD_VALUE_ERRORS:
+        app.add_exception_handler(error, _bad_value)
     app.middleware("http")(_access_log)
     return app
 
@@ -56,12 +61,39 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
 
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """Invalid parameters of any route (not only /api/v1's): 422 naming each, never echoing it."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"error": describe(exc)}, 422)
+
+
+async def _bad_value(request: Request, exc: Exception) -> Response:
+    """A value the database refused (see BAD_VALUE_ERRORS): 400, logged without the value."""
+    log_redacted(
+        access_log,
+        logging.WARNING,
+        "%s %s: a request value reached SQL unvalidated",
+        exc,
+        request.method,
+        request.url.path,
+    )
+    return JSONResponse({"error": "a request value is not valid text or is out of range"}, 400)
+
+
 async def _access_log(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
     """Note when the request arrived; log method, path (no query: tokens), status and time."""
     request.state.started = time.monotonic()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception as exc:
+        # Answered here so the server's own "Exception in ASGI application" log, which prints
+        # the exception's text (bound parameters included), never runs.
+        log_redacted(
+            access_log, logging.ERROR, "%s %s failed", exc, request.method, request.url.path
+        )
+        response = JSONResponse({"error": "internal error"}, 500)
     duration_ms = (time.monotonic() - request.state.started) * 1000
     access_log.info(
         "%s %s -> %d in %.1f ms",

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from api.api_keys import Principal
 from api.auth import Caller, GuardedRoute, read_session, require_operator, scope, settings_of
+from api.params import Moment, NameText, NoteText
 from models import FailureCategory, ReviewResolution
 from safeguards import dead_letter
 from safeguards.dead_letter.archive import ArchivedJob, ArchiveFilter
@@ -37,7 +37,7 @@ class ReviewRequest(BaseModel):
     """``POST /archive/{id}/review``: the reviewer is the key's name."""
 
     model_config = ConfigDict(extra="forbid")
-    note: str | None = Field(default=None, max_length=4000)
+    note: NoteText | None = None
     resolution: ReviewResolution | None = None
 
 
@@ -45,7 +45,7 @@ class DiscardRequest(BaseModel):
     """``POST /archive/{id}/discard``: why."""
 
     model_config = ConfigDict(extra="forbid")
-    note: str | None = Field(default=None, max_length=4000)
+    note: NoteText | None = None
 
 
 def entry_json(entry: ArchivedJob, *, full: bool = True) -> dict[str, Any]:
@@ -58,10 +58,6 @@ def _json(payload: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(jsonable_encoder(payload), status)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 @router.get("")
 def list_archive(
     request: Request,
@@ -69,9 +65,9 @@ def list_archive(
     category: FailureCategory | None = None,
     store_id: uuid.UUID | None = None,
     reviewed: bool | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    job_type: str | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    job_type: NameText | None = None,
     limit: int = 100,
     business_id: uuid.UUID | None = None,
 ) -> JSONResponse:
@@ -79,15 +75,14 @@ def list_archive(
     ceiling = settings_of(request).api_max_list_limit
     if not 1 <= limit <= ceiling:
         raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
-    start, end = _utc(since), _utc(until)
-    if start is not None and end is not None and start >= end:
+    if since is not None and until is not None and since >= until:
         raise HTTPException(400, "since must be earlier than until")
     criteria = ArchiveFilter(
         category=category,
         store_id=store_id,
         business_id=scope(caller, business_id),
-        since=start,
-        until=end,
+        since=since,
+        until=until,
         reviewed=reviewed,
         job_type=job_type,
         limit=limit,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from api.auth import Caller, GuardedRoute, read_session, scope, settings_of
+from api.params import Moment, NameText
 from api.v1 import archive as v1_archive
 from api.v1 import queries as v1_queries
 from models import AlertStatus, MetricType, SystemHealthMetric
@@ -38,13 +39,6 @@ def check_limit(request: Request, limit: int) -> int:
     if not 1 <= limit <= ceiling:
         raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
     return limit
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    """``moment`` with a time zone (a naive one is taken as UTC)."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 @router.get("/status")
@@ -98,13 +92,11 @@ def alerts(
 def metric_names(
     request: Request,
     caller: Caller,
-    since: datetime | None = None,
+    since: Moment | None = None,
     business_id: BusinessParam = None,
 ) -> JSONResponse:
     """The metrics measured since ``since`` (default: the trend window), with sample counts."""
-    start = utc(since) or datetime.now(UTC) - timedelta(
-        seconds=settings_of(request).api_metric_window_s
-    )
+    start = since or datetime.now(UTC) - timedelta(seconds=settings_of(request).api_metric_window_s)
     table = SystemHealthMetric
     statement = (
         select(table.metric_type, table.metric_name, func.count(), func.max(table.measured_at))
@@ -128,17 +120,17 @@ def metric_names(
 def metrics(
     request: Request,
     caller: Caller,
-    name: Annotated[str, Query(min_length=1, max_length=100)],
+    name: Annotated[NameText, Query(max_length=100)],
     bucket: Bucket = "minute",
     type: MetricType | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
     store_id: uuid.UUID | None = None,
     business_id: BusinessParam = None,
 ) -> JSONResponse:
     """The trend of metric ``name`` by minute or hour: a tenant's own, or the operator's choice."""
-    end = utc(until) or datetime.now(UTC)
-    start = utc(since) or end - timedelta(seconds=settings_of(request).api_metric_window_s)
+    end = until or datetime.now(UTC)
+    start = since or end - timedelta(seconds=settings_of(request).api_metric_window_s)
     if start >= end:
         raise HTTPException(400, "since must be earlier than until")
     if (end - start) / BUCKET_WIDTHS[bucket] > MAX_TREND_BUCKETS:
