@@ -45,7 +45,7 @@ from tasks.sync.mailbox_copy import (
     upsert_messages,
 )
 from tasks.sync.requests import enqueue_job, sync_flight
-from tasks.sync.set_aside import set_aside
+from tasks.sync.set_aside import announce_set_aside, set_aside
 from tasks.webhooks import ensure_healthy_subscription
 
 
@@ -191,10 +191,11 @@ class SyncRun:
                 deleted = delete_messages(session, store_id, page.deleted_ids)
                 relabel_messages(session, store_id, page.label_changes)
             # Refused messages are archived with this page, so the cursor still moves past them.
-            set_aside(session, store_id, self.job.id, upserted.refused)
+            set_aside_ids = set_aside(session, store_id, self.job.id, upserted.refused)
             self.checkpoint["page_token"] = storable_cursor(store_id, page.next_page_token)
             cursor = storable_cursor(store_id, cursor)
             self._save(session, upserted.stored, deleted, cursor)
+        announce_set_aside(self.store.business_id, set_aside_ids)  # committed: now tell
         self.pages += 1
         self.done = cursor is not None
         if not sync_flight().renew(str(store_id), str(self.job.id)):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from models import FailureCategory
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from safeguards.health_metrics.prometheus import count_set_aside
+from tasks.events import announce
 from tasks.queues import SYNC
 from tasks.sync.mailbox_copy import RefusedRow
 
@@ -35,6 +36,16 @@ def set_aside_job_id(store_id: uuid.UUID, provider_message_id: str) -> str:
     """The archive job id of a refused message: stable, so one entry per store and message."""
     digest = hashlib.sha256(provider_message_id.encode("utf-8")).hexdigest()[:32]
     return f"set-aside:{store_id}:{digest}"
+
+
+def announce_set_aside(business_id: uuid.UUID, entry_ids: Sequence[uuid.UUID]) -> None:
+    """Tell the business about each new entry, as any archived job is (after the commit)."""
+    for entry_id in entry_ids:
+        announce(
+            business_id,
+            "dead_letter.added",
+            {"entry_id": str(entry_id), "category": "validation", "job_type": SYNC_TASK},
+        )
 
 
 def set_aside(
