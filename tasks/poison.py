@@ -14,6 +14,9 @@ For a known task Celery decodes the body only in the pool child, where a failure
 acknowledged without any task hook; so the consumer checks the body first (one JSON parse of a
 small body per message) and treats a malformed one as an invalid task.
 
+Celery's handlers log the message's raw body; ``RedactingFilter`` on the consumer's logger masks
+secret-shaped text in those lines (``safeguards.redaction.redact_text``), as in the archive.
+
 If the archive cannot be written the message is handed back to the broker (``reject`` with
 requeue) on the worker's timer after a pause that doubles per failure of the same message, up to
 ``ARCHIVE_RETRY_MAX_S``: never dropped, redelivered at most once per pause, and the consumer's
@@ -38,6 +41,7 @@ from models import FailureCategory
 from safeguards.backoff import compute_backoff
 from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
 from safeguards.errors import ValidationFailure
+from safeguards.redaction import redact_text
 from tasks.archiving import ARCHIVE_RETRY_BASE_S, ARCHIVE_RETRY_MAX_S
 from tasks.redis_transport import WRAPPED_ID_HEADER
 
@@ -51,6 +55,8 @@ MAX_BODY_CHARS = 64_000
 MAX_TRACKED_FAILURES = 1_000
 # The archive's job_id column width (models.FailedJobArchive.job_id).
 _JOB_ID_CHARS = 155
+#: The logger of Celery's consumer, whose poison-message lines quote the raw message.
+CONSUMER_LOGGER = "celery.worker.consumer.consumer"
 
 
 class PoisonMessage(ValidationFailure):
@@ -147,12 +153,27 @@ def protocol2_problem(message: Message, accept: Collection[str]) -> str | None:
     return None
 
 
+class RedactingFilter(logging.Filter):
+    """Renders each record's message with secret-shaped text masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the record's message by its redacted rendering; never drops a record."""
+        try:
+            record.msg, record.args = redact_text(record.getMessage()), None
+        except Exception:  # fail closed: a line we cannot render safely is not shown
+            record.msg, record.args = "[log line hidden: redaction failed]", None
+        return True
+
+
 class ArchivingConsumer(Consumer):  # type: ignore[misc]
     """Celery's worker consumer that archives each poison message before dropping it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._archive_failures: dict[str, int] = {}
+        consumer_log = logging.getLogger(CONSUMER_LOGGER)
+        if not any(isinstance(f, RedactingFilter) for f in consumer_log.filters):
+            consumer_log.addFilter(RedactingFilter())
 
     def on_decode_error(self, message: Message, exc: BaseException) -> None:
         """A message kombu or Celery could not decode."""
