@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ KEY_BYTES = 32
 KEY_PREFIX_CHARS = 12
 #: ``last_used_at`` is written at most this often per key, seconds (not one write per request).
 LAST_USED_RESOLUTION_S = 60
+#: What a key can look like. Anything else (control characters, Latin-1 bytes from a header,
+#: kilobytes of junk) is refused before it reaches SQL, from a header, a cookie or a form.
+KEY_SHAPE = re.compile(rf"{KEY_MARK}[A-Za-z0-9_-]{{1,100}}")
 #: Compared against when no row matches, so a miss costs what a hit costs.
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 
@@ -77,6 +81,8 @@ def create_key(business_id: uuid.UUID | None, name: str) -> tuple[uuid.UUID, str
 
 def verify(plaintext: str) -> Principal | None:
     """The principal of a valid, unrevoked key, else None; the hash comparison is constant-time."""
+    if not KEY_SHAPE.fullmatch(plaintext):
+        return None  # the shape is public: refusing it early tells nothing about stored keys
     digest = hash_key(plaintext)
     prefix = plaintext[:KEY_PREFIX_CHARS]
     with service_session() as session:

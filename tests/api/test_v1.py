@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 import models
 from api import v1
-from api.api_keys import create_key, revoke_key
+from api.api_keys import create_key, revoke_key, verify
 from safeguards.dead_letter.archive import get_entry
 from syncguard.db import service_session
 from tests.api.conftest import CREATED_IDS
@@ -252,6 +252,14 @@ def test_a_revoked_key_is_refused(client: httpx.Client, tenants: tuple[Tenant, T
     response = fetch(client, key, "/api/v1/circuits")
     assert response.status_code == 401
     assert response.json()["error"] == "invalid or revoked API key"
+
+
+@pytest.mark.parametrize(
+    "key", ["sgk_\x00abc", "sgk_a\ud800", "sgk_" + "A" * 5000, "sgk_\xe9\xff", "sgk_", ""]
+)
+def test_a_key_of_the_wrong_shape_is_refused_before_sql(engine: Engine, key: str) -> None:
+    # NUL used to reach the key_prefix query (a DataError, a 500 for any caller of verify).
+    assert verify(key) is None
 
 
 def test_replay_re_enqueues_once_then_409_unless_forced(
