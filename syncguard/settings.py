@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     #: Clock skew tolerated on push tokens' ``exp`` / ``iat``, seconds.
     gmail_push_leeway_s: float = 30.0
 
-    # --- subscriptions and their health (tasks/webhooks.py, safeguards/health.py) ---
+    # --- subscriptions and their health (tasks/webhooks.py, tasks/renewal.py, webhook_health) ---
     #: Pub/Sub topic every Gmail watch publishes to (full resource name).
     gmail_pubsub_topic: str = "projects/syncguard/topics/gmail-push"
     #: Public base URL of the API (no trailing slash): Graph posts to ``{this}/webhooks/outlook``.

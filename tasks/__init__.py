@@ -10,6 +10,8 @@ TASK_MODULES = [
     "tasks.sync.pipeline",
     "tasks.outbound.delivery",
     "tasks.webhooks",
+    "tasks.renewal",
+    "tasks.sync.reconcile",
     "tasks.alerting",
 ]
 

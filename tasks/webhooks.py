@@ -3,7 +3,7 @@
 Gmail has one watch per mailbox (watching again renews it); Graph has subscriptions with ids,
 renewed by PATCH. Every task takes ids only and re-reads its row. A renewal that fails is counted
 on the row before the base class retries, defers or archives it. Notifications are only a hint:
-``reconcile_stores`` syncs every active store periodically, so a dropped one never loses mail.
+``tasks.sync.reconcile`` syncs every active store periodically, so a dropped one never loses mail.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
-from sqlalchemy import func, select
-
 from models import (
     FailureCategory,
     MetricType,
     Store,
-    StoreStatus,
     SubscriptionStatus,
     SyncTrigger,
 )
@@ -31,8 +27,6 @@ from providers.gmail import GmailClient
 from providers.outlook import OutlookClient
 from safeguards.errors import CallFailure, Refused, ValidationFailure
 from safeguards.health_metrics.recorder import record_metric
-from safeguards.redis_state import get_redis, key
-from safeguards.webhook_health import record_subscription_health
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
@@ -42,10 +36,7 @@ from tasks.provider_clients import open_client, to_call_failure
 from tasks.subscriptions import (
     client_state_hash,
     current_health,
-    due_for_renewal,
-    live_subscription_ids,
     load_subscription,
-    mark_expired,
     record_renewal,
     record_renewal_failure,
     save_created,
@@ -260,105 +251,9 @@ def _has_newer_live(store_id: uuid.UUID, old_id: uuid.UUID) -> bool:
     return health is not None and health.subscription_id != old_id
 
 
-# --- periodic work and the sync-time check ---------------------------------------------------
-
-
-def request_renewal(subscription_id: uuid.UUID) -> bool:
-    """Enqueue one renewal unless one was requested within the cooldown; True if enqueued."""
-    cooldown_s = get_settings().renewal_request_cooldown_s
-    try:
-        fresh = get_redis().set(
-            key("subscription-renewal", str(subscription_id)), 1, nx=True, ex=cooldown_s
-        )
-    except redis.RedisError as exc:
-        # A duplicate renewal is harmless; a lost one is not: enqueue without the marker.
-        record_metric(
-            MetricType.SAFEGUARDS,
-            "safeguard_unavailable",
-            1.0,
-            tags={"safeguard": "renewal_marker"},
-        )
-        log.warning("renewal marker unavailable, enqueueing anyway: %s", exc)
-        fresh = True
-    if fresh:
-        renew_subscription.delay(str(subscription_id))
-    return bool(fresh)
-
-
-@app.task(name="tasks.webhooks.renew_expiring_subscriptions")  # type: ignore[untyped-decorator]
-def renew_expiring_subscriptions() -> list[str]:
-    """Enqueue a renewal for every live subscription inside its renewal window."""
-    with service_session() as session:
-        mark_expired(session)
-        now = session.execute(select(func.now())).scalar_one()
-        due = due_for_renewal(session, now)
-    return [str(sid) for sid in due if request_renewal(sid)]
-
-
-@app.task(name="tasks.webhooks.reconcile_stores")  # type: ignore[untyped-decorator]
-def reconcile_stores() -> int:
-    """Request a reconciliation sync of every active, connected store; returns how many."""
-    with service_session() as session:
-        store_ids = list(
-            session.scalars(
-                select(Store.id).where(
-                    Store.status == StoreStatus.ACTIVE, Store.credentials_encrypted.is_not(None)
-                )
-            )
-        )
-    # Coalescing makes this cheap: a store with a sync queued or running folds the request in.
-    return sum(_reconcile(sid) for sid in store_ids)
-
-
-def _reconcile(store_id: uuid.UUID) -> bool:
-    """Request one reconciliation sync; a store paused since it was listed is skipped."""
-    try:
-        return request_sync(store_id, SyncTrigger.RECONCILIATION) is not None
-    except StoreNotSyncable:
-        return False
-
-
-@app.task(name="tasks.webhooks.check_subscription_health")  # type: ignore[untyped-decorator]
-def check_subscription_health() -> dict[str, int]:
-    """Log every live subscription's health; renew those that are unhealthy or expired."""
-    threshold = get_settings().health_renew_below
-    with service_session() as session:
-        mark_expired(session)
-        ids = live_subscription_ids(session)
-    checked = renewing = 0
-    for sid in ids:
-        reading = record_subscription_health(sid)
-        if reading is None:
-            continue
-        checked += 1
-        if reading.score < threshold and request_renewal(sid):
-            renewing += 1
-    return {"checked": checked, "renewing": renewing}
-
-
-def ensure_healthy_subscription(store_id: uuid.UUID | str) -> bool:
-    """Before a sync: renew the store's subscription if expired or unhealthy; True if enqueued."""
-    with service_session() as session:
-        health = current_health(session, uuid.UUID(str(store_id)))
-    if health is None:
-        return False
-    expired = health.status is SubscriptionStatus.EXPIRED or (
-        health.seconds_to_expiry is not None and health.seconds_to_expiry <= 0
-    )
-    unhealthy = health.health_score is not None and (
-        health.health_score < get_settings().health_renew_below
-    )
-    return (expired or unhealthy) and request_renewal(health.subscription_id)
-
-
 __all__ = [
-    "check_subscription_health",
     "create_subscription",
-    "ensure_healthy_subscription",
     "reauthorize_subscription",
-    "reconcile_stores",
     "recreate_subscription",
-    "renew_expiring_subscriptions",
     "renew_subscription",
-    "request_renewal",
 ]

@@ -28,6 +28,7 @@ from tasks.base import SafeguardedTask
 from tasks.events import announce
 from tasks.guard import default_classifier
 from tasks.provider_clients import open_client, to_call_failure
+from tasks.renewal import ensure_healthy_subscription
 from tasks.replay import REPLAY_OF
 from tasks.sync.jobs import (
     StoreNotSyncable,
@@ -46,7 +47,6 @@ from tasks.sync.mailbox_copy import (
 )
 from tasks.sync.requests import enqueue_job, sync_flight
 from tasks.sync.set_aside import announce_set_aside, set_aside
-from tasks.webhooks import ensure_healthy_subscription
 
 
 class SyncTask(SafeguardedTask):

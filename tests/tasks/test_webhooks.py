@@ -26,13 +26,9 @@ from providers.base import parse_datetime
 from providers.emulator.runner import EmulatorHandle, running_emulator, start_background
 from safeguards.webhook_health import RENEWAL_FAILING, record_subscription_health
 from syncguard.db import service_session
-from tasks.webhooks import (
-    create_subscription,
-    ensure_healthy_subscription,
-    reconcile_stores,
-    renew_expiring_subscriptions,
-    renew_subscription,
-)
+from tasks.renewal import ensure_healthy_subscription, renew_expiring_subscriptions
+from tasks.sync.reconcile import reconcile_stores
+from tasks.webhooks import create_subscription, renew_subscription
 from tests.providers import Mailbox
 from tests.sync_support import connect_store, emulator_env, eventually, jobs_of
 from tests.worker import running_worker
