@@ -47,7 +47,9 @@ def get_engine(url: str | None = None, role: str | None = None) -> Engine:
 
 
 def _create_engine(url: str, role: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
+    # hide_parameters: an error's text (logged, archived with its traceback) never carries the
+    # bound values, which can be a key prefix, a token hash or a message's content.
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
     if role:
 
         @event.listens_for(engine, "connect")

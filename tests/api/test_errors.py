@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import sqlalchemy.exc
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -67,3 +68,12 @@ def test_an_unexpected_failure_is_a_500_logged_without_the_value(
     assert "ProgrammingError (SQLSTATE 42703)" in caplog.text  # undefined_column
     assert "_unexpected_failure" in caplog.text
     assert SECRET not in caplog.text and SECRET not in response.text
+
+
+def test_a_database_error_never_carries_the_bound_values(engine: object) -> None:
+    # Outage paths log with the traceback (api.auth, api.intake) and workers archive theirs:
+    # the engine itself keeps values out of every error's text.
+    with pytest.raises(sqlalchemy.exc.DataError) as caught:
+        _refused_by_postgres()
+    assert "[SQL parameters hidden due to hide_parameters=True]" in str(caught.value)
+    assert SECRET not in str(caught.value)
