@@ -137,6 +137,8 @@ def protocol2_problem(message: Message, accept: Collection[str]) -> str | None:
     headers = message.headers
     if not isinstance(headers, dict) or "task" not in headers:
         return None  # not protocol 2: Celery's own paths (unknown message, protocol 1) apply
+    if (problem := _headers_problem(headers)) is not None:
+        return problem
     try:
         body = loads(  # type: ignore[no-untyped-call]
             message.body, message.content_type, message.content_encoding, accept=accept
@@ -150,6 +152,22 @@ def protocol2_problem(message: Message, accept: Collection[str]) -> str | None:
         return "body's args are not a list or its kwargs not an object"
     if embed is not None and not isinstance(embed, dict):
         return "body's embed is not an object"
+    return None
+
+
+def _headers_problem(headers: dict[str, Any]) -> str | None:
+    """Headers the consumer reads before any hook (a bad one stopped it, restart after restart)."""
+    if not isinstance(headers.get("task"), str):
+        return "the task header is not a name"
+    if not isinstance(headers.get("id"), str) or not headers["id"]:
+        return "no task id header"
+    limits = headers.get("timelimit")
+    if limits is not None and not (
+        isinstance(limits, list | tuple)
+        and len(limits) == 2
+        and all(limit is None or isinstance(limit, int | float) for limit in limits)
+    ):
+        return "the timelimit header is not [hard, soft] seconds"
     return None
 
 

@@ -191,6 +191,28 @@ def test_a_known_task_with_an_undecodable_body_is_archived(
     _assert_still_consuming(worker, SYNC)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"task": "tasks.maintenance.heartbeat"}, id="no-task-id"),
+        pytest.param(
+            {"task": "tasks.maintenance.heartbeat", "id": "x", "timelimit": "soon"},
+            id="bad-timelimit",
+        ),
+    ],
+)
+def test_a_task_message_with_malformed_headers_is_archived(
+    worker: subprocess.Popen[str], engine: Engine, marker: str, headers: dict[str, Any]
+) -> None:
+    body = json.dumps([[marker], {"secret": SECRET}, {}]).encode()
+
+    _publish_raw(body, content_type="application/json", headers=headers, queue=SYNC)
+
+    row = _assert_archived_once(engine, marker)
+    assert row.job_data["args"] == [marker]
+    _assert_still_consuming(worker, SYNC)
+
+
 def test_a_message_that_is_not_celerys_protocol_is_archived(
     worker: subprocess.Popen[str], engine: Engine, marker: str
 ) -> None:
