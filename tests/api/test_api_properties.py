@@ -33,13 +33,14 @@ from sqlalchemy import Engine, text
 from api import create_app
 from api.api_keys import create_key
 from safeguards.health_metrics.queue_depth import queue_depths
+from safeguards.health_metrics.recorder import METRICS
 from tasks import app as celery_app
 from tasks.queues import QUEUE_NAMES
 from tests.api.conftest import sign_push_token
 from tests.api.hostile import HostileRequest, header_bytes, hostile_requests, operations, sweep
 
 #: Random examples per operation and run, on top of the fixed sweep (CI time stays bounded).
-EXAMPLES_PER_OPERATION = 10
+EXAMPLES_PER_OPERATION = 25
 #: Tables a route could update in place (digested in full, not only counted).
 UPDATABLE = ("failed_job_archive", "stores", "webhook_subscriptions", "sync_jobs", "alerts")
 #: Written by design when a webhook delivery is refused (see the module docstring), and the
@@ -79,6 +80,8 @@ def public_tables(engine: Engine) -> list[str]:
 
 def snapshot(engine: Engine, tables: list[str]) -> Snapshot:
     """The state a request must not change."""
+    # Metrics buffered by earlier tests in this process are written now, not mid-test.
+    METRICS.flush()
     assert all(re.fullmatch(r"[a-z_0-9]+", t) for t in tables)
     counts_sql = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM {t}" for t in tables)
     digest_sql = " UNION ALL ".join(
