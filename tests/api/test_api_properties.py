@@ -25,19 +25,23 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, text, update
 
 from api import create_app
 from api.api_keys import create_key
+from models import Provider, Store
 from safeguards.health_metrics.queue_depth import queue_depths
 from safeguards.health_metrics.recorder import METRICS
+from syncguard.db import service_session
 from tasks import app as celery_app
 from tasks.queues import QUEUE_NAMES
-from tests.api.conftest import sign_push_token
+from tests.api.conftest import new_store, queue_key, queued, sign_push_token
 from tests.api.hostile import HostileRequest, header_bytes, hostile_requests, operations, sweep
+from tests.factories import make_business
 
 #: Random examples per operation and run, on top of the fixed sweep (CI time stays bounded).
 EXAMPLES_PER_OPERATION = 25
@@ -143,6 +147,28 @@ def _failure(http: httpx.Client, request: HostileRequest) -> str | None:
     if response.status_code >= 500:
         return f"{response.status_code} {response.text[:200]!r} to {request}"
     return None
+
+
+def test_the_snapshot_sees_a_new_row_an_updated_row_and_a_queued_message(
+    engine: Engine, tables: list[str], redis_client: redis.Redis
+) -> None:
+    store = new_store(engine, Provider.GMAIL)
+    before = snapshot(engine, tables)
+    with service_session(engine) as session:
+        make_business(session, "Snapshot")
+    assert snapshot(engine, tables).counts != before.counts
+    before = snapshot(engine, tables)
+    with service_session(engine) as session:
+        session.execute(update(Store).where(Store.id == store.id).values(display_name="changed"))
+    assert snapshot(engine, tables).digests != before.digests
+    before = snapshot(engine, tables)
+    celery_app.send_task("tests.never_registered", queue="maintenance")
+    try:
+        assert snapshot(engine, tables).queues != before.queues
+    finally:
+        for raw, task, _args in queued(redis_client, "maintenance"):
+            if task == "tests.never_registered":
+                redis_client.lrem(queue_key("maintenance"), 1, raw)
 
 
 def test_the_document_lists_every_route_of_the_app() -> None:
