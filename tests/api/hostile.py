@@ -20,6 +20,8 @@ from urllib.parse import quote_from_bytes
 
 from hypothesis import strategies as st
 
+from syncguard.settings import Settings
+
 Value = str | bytes
 
 #: Characters that have broken text handling somewhere: NUL, C0/C1 controls, DEL, separators,
@@ -68,8 +70,8 @@ GRAPH_FIELDS = (
     "subscriptionId", "clientState", "changeType", "resource", "lifecycleEvent", "tenantId",
     "subscriptionExpirationDateTime",
 )  # fmt: skip
-#: The login cookie's name.
-COOKIE = b"syncguard_key"
+#: The dashboard's session cookie.
+COOKIE = Settings().dashboard_cookie_name.encode()
 
 hostile_text = st.one_of(
     st.text(st.characters(), max_size=30),
