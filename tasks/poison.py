@@ -105,6 +105,10 @@ def poison_job_id(message: Message, headers: dict[str, Any]) -> str:
     for name in ("correlation_id", "message_id"):
         if isinstance(properties.get(name), str) and properties[name]:
             return str(properties[name])[:_JOB_ID_CHARS]
+    # kombu's Redis transport tags each message with a UUID that survives its redeliveries
+    # (AMQP's tags are per-channel counters: there, identical bodies share one entry).
+    if isinstance(message.delivery_tag, str) and message.delivery_tag:
+        return f"poison-{message.delivery_tag}"[:_JOB_ID_CHARS]
     raw = message.body if isinstance(message.body, bytes) else str(message.body).encode()
     return f"poison-{hashlib.sha256(raw).hexdigest()}"
 

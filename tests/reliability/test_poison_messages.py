@@ -225,6 +225,21 @@ def test_a_message_that_is_not_celerys_protocol_is_archived(
     _assert_still_consuming(worker, SYNC)
 
 
+def test_two_identical_poison_messages_are_two_archive_entries(
+    worker: subprocess.Popen[str], engine: Engine, marker: str
+) -> None:
+    if not app.conf.broker_url.startswith("redis"):
+        pytest.skip("AMQP delivery tags do not identify a message across redeliveries")
+    body = json.dumps({"event": marker}).encode()
+
+    for _ in range(2):
+        _publish_raw(body, content_type="application/json", headers={}, queue=SYNC)
+
+    rows = eventually(lambda: len(_archived(engine, marker)) == 2 and _archived(engine, marker))
+    assert len({row.job_id for row in rows}) == 2
+    _assert_still_consuming(worker, SYNC)
+
+
 @pytest.mark.parametrize(
     "entry",
     [
