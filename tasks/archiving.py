@@ -15,6 +15,10 @@ base hooks Celery's own task lifecycle, in the worker child, before the message 
 
 A task run in process (``apply()``, a direct call) is not archived: its caller gets the error.
 
+- ``task_internal_error`` (Celery's signal for an error outside the task body, e.g. the result
+  backend unreachable while storing the outcome) archives the job with what is known. Celery
+  acknowledges such a message whatever a receiver does, so this one is best effort, logged.
+
 If the archive cannot be written the message is not acknowledged: ``Reject(requeue=True)``
 hands it back to the broker (Celery's worker honours a Reject raised from these hooks), after a
 pause that doubles with each consecutive archive failure in this process, up to
@@ -32,7 +36,9 @@ import uuid
 from typing import Any
 
 from celery import Task
+from celery.app.task import Context
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import task_internal_error
 from redis import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -138,9 +144,9 @@ def _in_process(task: Task) -> bool:
     return bool(task.request.is_eager or task.request.called_directly)
 
 
-def job_data(task: Task) -> dict[str, Any]:
-    """Everything replay needs to publish ``task``'s current job again."""
-    request = task.request
+def job_data(task: Task, request: Context | None = None) -> dict[str, Any]:
+    """Everything replay needs to publish ``task``'s job (default: its current one) again."""
+    request = task.request if request is None else request
     delivery = request.delivery_info or {}
     return {
         "task": task.name,
@@ -155,3 +161,32 @@ def job_data(task: Task) -> dict[str, Any]:
         "root_id": request.root_id,
         "parent_id": request.parent_id,
     }
+
+
+@task_internal_error.connect(dispatch_uid="syncguard.archive_internal_error")  # type: ignore[untyped-decorator]
+def archive_internal_error(
+    sender: Task | None = None,
+    task_id: str | None = None,
+    request: dict[str, Any] | None = None,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    """Archive a job whose run failed outside its body (its outcome unknown); never raises."""
+    if not isinstance(sender, ArchivingTask) or task_id is None or exception is None:
+        return
+    context = Context(request or {})
+    if context.is_eager:
+        return
+    retries = int(context.retries or 0)
+    try:
+        move_to_dead_letter_queue(
+            task_id,
+            sender.name,
+            f"internal error (outcome unknown): {type(exception).__name__}: {exception}",
+            retries,
+            job_data(sender, context),
+            failure_category=failure_category(exception, retries),
+            error_context=error_context_from(exception, worker=context.hostname),
+        )
+    except Exception:
+        log.exception("archiving %s[%s] after an internal error failed", sender.name, task_id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_internal_error
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import Engine, Text, cast, func, select
 from sqlalchemy.exc import OperationalError
@@ -59,3 +62,36 @@ def test_an_in_process_run_with_wrong_arguments_raises_and_archives_nothing(
             select(func.count()).where(cast(FailedJobArchive.job_data, Text).contains(marker))
         )
     assert archived == 0
+
+
+def test_an_internal_error_archives_the_job_with_what_is_known(engine: Engine) -> None:
+    task_id = f"internal-{uuid.uuid4()}"
+    request = {
+        "id": task_id,
+        "args": ["x"],
+        "kwargs": {"token": "ya29.a0AfH6SMBsecretsecretsecret"},
+        "delivery_info": {"routing_key": "maintenance"},
+        "hostname": "worker@test",
+        "retries": 0,
+    }
+
+    # What Celery's tracer sends when storing a run's outcome fails (result backend down).
+    task_internal_error.send(
+        sender=heartbeat,
+        task_id=task_id,
+        args=["x"],
+        kwargs=request["kwargs"],
+        request=request,
+        exception=RedisConnectionError("result backend unreachable"),
+        traceback=None,
+        einfo=None,
+    )
+
+    with service_session(engine) as session:
+        row = session.scalar(select(FailedJobArchive).where(FailedJobArchive.job_id == task_id))
+        assert row is not None
+        assert row.job_type == "tasks.maintenance.heartbeat"
+        assert row.failure_category == FailureCategory.TRANSIENT_EXHAUSTED
+        assert row.job_data["kwargs"] == {"token": "[REDACTED]"}
+        assert row.job_data["options"]["queue"] == "maintenance"
+        assert "outcome unknown" in row.failure_reason
