@@ -55,6 +55,14 @@ MAX_BODY_CHARS = 64_000
 MAX_TRACKED_FAILURES = 1_000
 # The archive's job_id column width (models.FailedJobArchive.job_id).
 _JOB_ID_CHARS = 155
+#: Headers of Celery's message protocol 2 (docs.celeryq.dev, "Message Protocol").
+CELERY_PROTOCOL_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin",
+        "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
+    }
+)  # fmt: skip
 #: The logger of Celery's consumer, whose poison-message lines quote the raw message.
 CONSUMER_LOGGER = "celery.worker.consumer.consumer"
 
@@ -73,9 +81,11 @@ def archive_message(message: Message, reason: str, exc: BaseException | None = N
         "task": task or POISON_JOB_TYPE,
         "args": args,
         "kwargs": kwargs,
-        "headers": headers,
+        # Replay sends these headers with a fresh message: Celery's own would override its id.
+        "headers": {k: v for k, v in headers.items() if k not in CELERY_PROTOCOL_HEADERS},
         "options": {"queue": (message.delivery_info or {}).get("routing_key")},
         "message": {
+            "headers": headers,
             "content_type": message.content_type,
             "content_encoding": message.content_encoding,
             "delivery_info": dict(message.delivery_info or {}),

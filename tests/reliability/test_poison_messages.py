@@ -23,9 +23,11 @@ from kombu import Exchange, Producer, Queue
 from sqlalchemy import Engine, Text, cast, select
 
 from models import FailedJobArchive, FailureCategory
+from safeguards.dead_letter import replay
 from syncguard.db import service_session
 from tasks import app
 from tasks.queues import SYNC, WEBHOOKS
+from tasks.replay import enqueue_archived
 from tests import workload
 from tests.factories import make_business, make_store
 from tests.sync_support import eventually
@@ -110,6 +112,10 @@ def test_an_unknown_task_name_is_archived_with_its_message(
     assert row.job_data["kwargs"] == {"access_token": "[REDACTED]"}
     assert row.job_data["options"]["queue"] == SYNC
     _assert_still_consuming(worker, SYNC)
+    # A replay is a new message (fresh id): archived again as its own entry, not merged.
+    replayed = replay(row.id, enqueue=enqueue_archived, replayed_by="test")
+    rows = eventually(lambda: len(_archived(engine, marker)) == 2 and _archived(engine, marker))
+    assert {r.job_id for r in rows} == {result.id, replayed.replay_task_id}
 
 
 def test_wrong_arguments_to_a_plain_task_are_archived(
@@ -186,7 +192,8 @@ def test_a_known_task_with_an_undecodable_body_is_archived(
 
     row = _assert_archived_once(engine, marker)
     assert row.job_id == task_id
-    assert row.job_data["headers"]["authorization"] == "[REDACTED]"
+    assert row.job_data["headers"] == {"authorization": "[REDACTED]"}  # what replay resends
+    assert row.job_data["message"]["headers"]["id"] == task_id
     assert row.job_data["message"]["content_type"] == content_type
     _assert_still_consuming(worker, SYNC)
 
