@@ -69,6 +69,9 @@ class FailureCategory(enum.StrEnum):
     CURSOR_LOST = "cursor_lost"
     DELIVERY_EXHAUSTED = "delivery_exhausted"
     UNKNOWN = "unknown"
+    #: The recovery sweep re-published the job more often than ``sync_max_recoveries``
+    #: (its workers kept dying, or its messages kept being lost): archived for review.
+    RECOVERY_EXHAUSTED = "recovery_exhausted"
 
 
 class ReviewResolution(enum.StrEnum):

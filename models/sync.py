@@ -20,6 +20,7 @@ class SyncJob(Base):
     __table_args__ = (
         Index("ix_sync_jobs_store_id_status", "store_id", "status"),
         Index("ix_sync_jobs_status_created_at", "status", "created_at"),
+        Index("ix_sync_jobs_status_updated_at", "status", "updated_at"),
     )
 
     id: Mapped[uuidpk]
@@ -32,6 +33,11 @@ class SyncJob(Base):
     )
     attempts: Mapped[int] = mapped_column(server_default="0")
     deferrals: Mapped[int] = mapped_column(server_default="0")
+    #: Times the recovery sweep re-published the job (tasks/recovery.py).
+    recoveries: Mapped[int] = mapped_column(server_default="0")
+    #: When the job's latest message may start (publication time plus its countdown): a
+    #: queued or deferred job not started by this plus the queue bound had its message lost.
+    eta: Mapped[datetime | None]
     #: Where a killed worker resumes: page token, cursor in progress, phase.
     checkpoint: Mapped[jsonb]
     pages_processed: Mapped[int] = mapped_column(server_default="0")
