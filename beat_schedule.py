@@ -30,6 +30,10 @@ EVALUATE_ALERTS_EVERY_S = 60.0
 #: How often every active store gets a reconciliation sync, seconds (a setting).
 RECONCILE_STORES_EVERY_S = get_settings().reconciliation_interval_s
 
+#: How often the recovery sweep re-publishes sync jobs a dead worker or a lost message left
+#: behind, seconds (a setting: part of the recovery bound, see tasks/recovery.py).
+RECOVER_SYNC_JOBS_EVERY_S = get_settings().sync_recovery_sweep_s
+
 #: When the daily retention cleanup runs: 03:30 in the app's timezone (UTC), a quiet hour.
 RETENTION_CLEANUP_AT = crontab(hour=3, minute=30)
 
@@ -64,6 +68,9 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     ),
     "maintenance.reconcile_stores": _every(
         "tasks.webhooks.reconcile_stores", RECONCILE_STORES_EVERY_S, MAINTENANCE
+    ),
+    "maintenance.recover_sync_jobs": _every(
+        "tasks.recovery.recover_sync_jobs", RECOVER_SYNC_JOBS_EVERY_S, MAINTENANCE
     ),
     "maintenance.run_all_cleanup_tasks": {
         "task": "tasks.maintenance.run_all_cleanup_tasks",

@@ -66,6 +66,7 @@ task_routes = {
     # Modules named after what they do, routed to the queue of their kind of work.
     "tasks.outbound.*": {"queue": WEBHOOKS},
     "tasks.alerting.*": {"queue": MAINTENANCE},
+    "tasks.recovery.*": {"queue": MAINTENANCE},
 }
 
 task_soft_time_limit = _settings.task_soft_time_limit_s

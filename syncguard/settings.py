@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     #: this. Its store's pending marker lives that long, so a lost message folds requests for
     #: at most countdown + this; a sync queued longer only costs one extra, serialised run.
     sync_queue_bound_s: float = 600.0
+    #: Period of Beat's recovery sweep (tasks/recovery.py), seconds. The recovery bound: once
+    #: a fault clears, a sync whose worker died is re-published within ``sync_lease_s`` + this,
+    #: and one whose message the broker lost within its countdown + ``sync_queue_bound_s`` +
+    #: this, so no store's sync stays blocked longer (the ledger, not the broker, decides).
+    sync_recovery_sweep_s: float = Field(default=30.0, gt=0)
+    #: A sync job the sweep would re-publish more often than this is archived instead, with
+    #: category ``recovery_exhausted`` (a job that kills its workers stops killing them), count.
+    sync_max_recoveries: int = Field(default=5, ge=0)
+    #: Jobs one sweep recovers at most (the rest wait one period), count.
+    sync_recovery_batch: int = Field(default=200, ge=1)
 
     # --- inbound webhooks (api/) ---
     #: Largest inbound webhook body accepted, bytes (Content-Length and bytes actually read).

@@ -13,6 +13,7 @@ TASK_MODULES = [
     "tasks.renewal",
     "tasks.sync.reconcile",
     "tasks.alerting",
+    "tasks.recovery",
 ]
 
 # Every task derives from ArchivingTask: bad arguments and failures end in the archive.

@@ -6,6 +6,7 @@ transient failures retry with full-jitter backoff, never sooner than the provide
 and exhausted retries go to the dead-letter archive before the message is acknowledged. Every
 countdown is capped at ``max_backoff_s``, which celeryconfig adds into the broker's visibility
 timeout, so a job waiting for its countdown in a worker is never redelivered to another one.
+A fault inside the retry, deferral or archive path hands the message back (tasks/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Retry
 
 from models import FailureCategory, MetricType, Provider, Store
 from safeguards.backoff import compute_backoff
 from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
 from safeguards.errors import (
     CallFailure,
-    CircuitOpen,
     PermanentFailure,
     Refused,
     ThrottledFailure,
@@ -38,6 +38,7 @@ from syncguard.settings import get_settings
 from tasks.archiving import ArchivingTask
 from tasks.events import announce
 from tasks.guard import CallScope, default_classifier, guarded_call, preflight
+from tasks.lifecycle import handing_back, too_long
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class SafeguardedTask(ArchivingTask):
         # On the request (one per run), so an archive entry can say when this attempt began.
         self.request.attempt_started_at = datetime.now(UTC)
         try:
+            if (stale := self.stale_result()) is not None:  # acknowledged unrun
+                outcome = "stale"
+                return stale
             preflight(self.call_scope())
             return self.run(*args, **kwargs)
         except Retry:
@@ -121,15 +125,17 @@ class SafeguardedTask(ArchivingTask):
         headers = dict(request.headers or {})
         since = float(headers.get(DEFERRED_SINCE) or now)
         if now - since >= get_settings().defer_horizon_s:
-            self.archive(reason, _too_long(reason))
+            self.archive(reason, too_long(reason))
             raise reason
-        countdown = self._deferral_countdown(reason, int(headers.get(DEFERRALS) or 0))
-        headers.update({DEFERRED_SINCE: since, DEFERRALS: int(headers.get(DEFERRALS) or 0) + 1})
+        deferrals = int(headers.get(DEFERRALS) or 0)
+        countdown = self._deferral_countdown(reason, deferrals)
+        headers.update({DEFERRED_SINCE: since, DEFERRALS: deferrals + 1})
         # The hook runs first: once published, the job may start again at once.
-        self.on_deferred(reason, countdown)
-        self.signature_from_request(
-            request, countdown=countdown, retries=request.retries, headers=headers
-        ).apply_async()
+        with handing_back("deferral", request.id):
+            self.on_deferred(reason, countdown)
+            self.signature_from_request(
+                request, countdown=countdown, retries=request.retries, headers=headers
+            ).apply_async()
         raise Retry(f"deferred {countdown:.2f}s: {reason}", reason, when=countdown)
 
     def archive(self, exc: BaseException, category: FailureCategory) -> uuid.UUID:
@@ -150,11 +156,12 @@ class SafeguardedTask(ArchivingTask):
                 ),
                 store_id=self._store_id_or_none(),
             )
-        except Exception as db_exc:
-            # Not archived means not acknowledged: the broker redelivers the job later.
-            log.error("archiving %s[%s] failed, requeueing: %s", self.name, request.id, db_exc)
-            raise Reject(db_exc, requeue=True) from db_exc
-        self.on_archived(entry_id, category, exc)
+        except Exception as db_exc:  # not archived means not acknowledged: handed back
+            with handing_back("archiving", request.id):
+                raise db_exc
+        # Archived but not yet closed: the redelivery finds the entry and closes the job.
+        with handing_back("closing the archived job", request.id):
+            self.on_archived(entry_id, category, exc)
         if (business_id := self._business_or_none()) is not None:
             announce(
                 business_id,
@@ -182,6 +189,10 @@ class SafeguardedTask(ArchivingTask):
             "parent_id": request.parent_id,
         }
 
+    def stale_result(self) -> dict[str, Any] | None:
+        """Hook: the result of a message that must not run (its job ended or moved on)."""
+        return None
+
     def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
         """Hook: the job is about to be re-published ``countdown_s`` seconds out (no retry)."""
 
@@ -206,8 +217,9 @@ class SafeguardedTask(ArchivingTask):
             return
         if self._will_retry(exc):
             countdown = self._retry_countdown(exc)
-            self.on_retrying(exc, countdown)
-            raise self.retry(exc=exc, countdown=countdown)
+            with handing_back("retry", self.request.id):
+                self.on_retrying(exc, countdown)
+                raise self.retry(exc=exc, countdown=countdown)
         failure = self.classify(exc)
         self.archive(exc, failure.category if failure else FailureCategory.UNKNOWN)
 
@@ -239,10 +251,9 @@ class SafeguardedTask(ArchivingTask):
         return min(max(hinted, 0.05), float(get_settings().max_backoff_s))
 
     def _store_id_or_none(self) -> uuid.UUID | None:
-        try:
+        with suppress(ValidationFailure):
             return self.store_id()
-        except ValidationFailure:
-            return None
+        return None
 
     def _business_or_none(self) -> uuid.UUID | None:
         try:
@@ -261,14 +272,6 @@ class SafeguardedTask(ArchivingTask):
             store_id=self._store_id_or_none(),
         )
         count_task(self.name, outcome, duration_s)
-
-
-def _too_long(reason: Refused | ThrottledFailure) -> FailureCategory:
-    if isinstance(reason, CircuitOpen):
-        return FailureCategory.CIRCUIT_OPEN_TOO_LONG
-    if isinstance(reason, ThrottledFailure):
-        return FailureCategory.THROTTLED_TOO_LONG
-    return FailureCategory.DEFERRED_TOO_LONG
 
 
 @lru_cache(maxsize=4096)

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 
-from models import Store, StoreStatus, SyncJob, SyncJobStatus, SyncKind, SyncTrigger
+from models import (
+    FailedJobArchive,
+    Store,
+    StoreStatus,
+    SyncJob,
+    SyncJobStatus,
+    SyncKind,
+    SyncTrigger,
+)
 from safeguards.errors import ValidationFailure
 from safeguards.storable import storable_text
 from syncguard.db import service_session
@@ -27,11 +35,15 @@ class StoreNotSyncable(ValidationFailure):
 
 
 def create_job(
-    store_id: uuid.UUID, trigger: SyncTrigger, job_id: uuid.UUID | None = None
+    store_id: uuid.UUID,
+    trigger: SyncTrigger,
+    job_id: uuid.UUID | None = None,
+    celery_task_id: str | None = None,
 ) -> uuid.UUID:
     """A queued job for ``store_id``, committed (so it exists before its message does).
 
-    ``job_id`` is the id the single flight's pending marker already names, when there is one.
+    ``job_id`` is the id the single flight's pending marker already names, when there is one;
+    ``celery_task_id`` the id its message will carry (only that message may run it).
     The one rule for every caller (application code, API, Beat, CLI): only an active store is
     synced. Raises ValidationFailure for an unknown store, StoreNotSyncable for an inactive one.
     """
@@ -43,6 +55,7 @@ def create_job(
             raise StoreNotSyncable(store_id, store.status, store.status_reason)
         kind = SyncKind.INCREMENTAL if store.sync_cursor else SyncKind.FULL
         job = SyncJob(store_id=store_id, kind=kind, trigger=trigger, checkpoint={})
+        job.celery_task_id, job.eta = celery_task_id, func.now()
         if job_id is not None:
             job.id = job_id
         session.add(job)
@@ -56,8 +69,9 @@ def start_job(
     """Mark the job running (creating it if the task was enqueued without one).
 
     None, touching nothing, for a stale message: its job has already ended (a redelivery after
-    the job's last run, or an old continuation). A ``replay`` from the dead-letter archive does
-    run an ended job again, unless this very message already ran it (it was redelivered).
+    the job's last run, or an old continuation), or the job was handed to another message (the
+    recovery sweep re-published it; ``celery_task_id`` is the fence). A ``replay`` from the
+    dead-letter archive does run an ended job again, unless this very message already ran it.
     """
     with service_session() as session:
         job = _find(session, job_id, celery_task_id)
@@ -78,7 +92,28 @@ def start_job(
 
 
 def _is_stale(job: SyncJob, celery_task_id: str, *, replay: bool) -> bool:
-    return job.status in ENDED and (not replay or job.celery_task_id == celery_task_id)
+    if job.status in ENDED:
+        return not replay or job.celery_task_id == celery_task_id
+    # A live job belongs to the message it names; an older one (a message the sweep gave up
+    # on and re-published, now redelivered after all) must not run it a second time.
+    superseded = job.celery_task_id not in (None, celery_task_id)
+    return superseded and not replay
+
+
+def is_stale_message(job_id: str | None, celery_task_id: str, *, replay: bool) -> bool:
+    """True when this message must not run: its job ended or belongs to another message.
+
+    Read only (``start_job`` decides again under the row lock); False for an unknown job.
+    """
+    if job_id is None:
+        return False
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return False  # start_job raises the ValidationFailure that archives it
+    with service_session() as session:
+        job = session.get(SyncJob, key)
+        return job is not None and _is_stale(job, celery_task_id, replay=replay)
 
 
 def _find(session: Any, job_id: str | None, celery_task_id: str) -> SyncJob | None:
@@ -106,11 +141,20 @@ def set_status(job_id: uuid.UUID, status: SyncJobStatus, **values: Any) -> None:
         session.execute(update(SyncJob).where(SyncJob.id == job_id).values(status=status, **values))
 
 
-def count_deferral(job_id: uuid.UUID, reason: str) -> None:
-    """The job waits for a safeguard: one more deferral, and why."""
+def count_deferral(job_id: uuid.UUID, reason: str, countdown_s: float) -> None:
+    """The job waits for a safeguard: one more deferral, why, and when it starts again."""
     set_status(
-        job_id, SyncJobStatus.DEFERRED, deferrals=SyncJob.deferrals + 1, error_message=reason
+        job_id,
+        SyncJobStatus.DEFERRED,
+        deferrals=SyncJob.deferrals + 1,
+        error_message=reason,
+        eta=starts_in(countdown_s),
     )
+
+
+def starts_in(countdown_s: float) -> Any:
+    """The database's now() plus ``countdown_s`` seconds: a job's ``eta`` on its own clock."""
+    return func.now() + timedelta(seconds=max(countdown_s, 0.0))
 
 
 def has_ended(job_id: str) -> bool:
@@ -126,6 +170,13 @@ def has_ended(job_id: str) -> bool:
     with service_session() as session:
         status = session.scalar(select(SyncJob.status).where(SyncJob.id == key))
     return status in ENDED
+
+
+def archived_entry(celery_task_id: str) -> FailedJobArchive | None:
+    """The archive entry of the message ``celery_task_id``, if it was archived."""
+    with service_session() as session:
+        stmt = select(FailedJobArchive).where(FailedJobArchive.job_id == celery_task_id)
+        return session.scalars(stmt).first()
 
 
 def job_for_task(celery_task_id: str) -> uuid.UUID | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, update
 
-from models import FailureCategory, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
+from models import FailureCategory, Store, StoreStatus, SyncJob, SyncJobStatus
 from providers.base import ChangesPage, FullPage, MailProvider
 from safeguards.errors import CallFailure, CursorLost, Refused, ThrottledFailure, ValidationFailure
 from safeguards.storable import storable_text
@@ -31,11 +31,13 @@ from tasks.provider_clients import open_client, to_call_failure
 from tasks.renewal import ensure_healthy_subscription
 from tasks.replay import REPLAY_OF
 from tasks.sync.jobs import (
-    StoreNotSyncable,
+    archived_entry,
     count_deferral,
+    is_stale_message,
     job_for_task,
     set_status,
     start_job,
+    starts_in,
 )
 from tasks.sync.mailbox_copy import (
     database_now,
@@ -45,8 +47,15 @@ from tasks.sync.mailbox_copy import (
     sweep_unseen,
     upsert_messages,
 )
-from tasks.sync.requests import enqueue_job, sync_flight
+from tasks.sync.requests import release_flight, sync_flight
 from tasks.sync.set_aside import announce_set_aside, set_aside
+
+
+class Superseded(Exception):
+    """This message's job was re-published under another message (tasks/recovery.py).
+
+    Raised inside a page's transaction, so the page rolls back; the run ends quietly.
+    """
 
 
 class SyncTask(SafeguardedTask):
@@ -58,16 +67,32 @@ class SyncTask(SafeguardedTask):
         """Provider errors first, then the generic rules."""
         return to_call_failure(exc) or default_classifier(exc)
 
+    def stale_result(self) -> dict[str, Any] | None:
+        """A result for a message whose job ended or went to another message (see jobs).
+
+        A message archived whose job was not yet closed (the database failed in between, and
+        the message was handed back) closes it now, and is stale too.
+        """
+        request = self.request
+        job_id = (request.kwargs or {}).get("job_id")
+        if is_stale_message(job_id, request.id, replay=self.is_replay()):
+            return {"job_id": job_id, "stale": True}
+        if self.is_replay() or (entry := archived_entry(request.id)) is None:
+            return None
+        self.on_archived(entry.id, entry.failure_category, RuntimeError(entry.failure_reason))
+        return {"job_id": job_id, "stale": True, "archived": str(entry.id)}
+
     def on_deferred(self, reason: Refused | ThrottledFailure, countdown_s: float) -> None:
-        """Show the wait on the job; its store stays pending for the countdown."""
+        """Show the wait on the job and when it starts again; its store stays pending so long."""
         if (job_id := job_for_task(self.request.id)) is not None:
-            count_deferral(job_id, f"deferred {countdown_s:.1f}s: {reason}")
+            count_deferral(job_id, f"deferred {countdown_s:.1f}s: {reason}", countdown_s)
             self._requeue(job_id, countdown_s)
 
     def on_retrying(self, exc: Exception, countdown_s: float) -> None:
         """Show the failed attempt on the job; the lease stays with it until it comes back."""
         if (job_id := job_for_task(self.request.id)) is not None:
-            set_status(job_id, SyncJobStatus.QUEUED, error_message=str(exc)[:2000])
+            eta = starts_in(countdown_s)
+            set_status(job_id, SyncJobStatus.QUEUED, error_message=str(exc)[:2000], eta=eta)
             self._requeue(job_id, countdown_s)
 
     def _requeue(self, job_id: uuid.UUID, countdown_s: float) -> None:
@@ -89,7 +114,7 @@ class SyncTask(SafeguardedTask):
             _mark_store(store_id, StoreStatus.NEEDS_REAUTH, str(exc))
         if (job_id := job_for_task(self.request.id)) is not None:
             set_status(job_id, SyncJobStatus.ARCHIVED, error_message=f"archived as {entry_id}")
-            _release(store_id, job_id)
+            release_flight(store_id, job_id)
 
 
 @app.task(bind=True, base=SyncTask, name="tasks.sync.sync_store")  # type: ignore[untyped-decorator]
@@ -109,22 +134,26 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     store = _load_store(store_uuid)
     if store.status is not StoreStatus.ACTIVE:
         set_status(job.id, SyncJobStatus.FAILED, error_message=f"store is {store.status}")
-        _release(store_uuid, job.id)
+        release_flight(store_uuid, job.id)
         return {"job_id": str(job.id), "skipped": str(store.status)}
     client = open_client(store, lambda operation, cost: self.guard(operation, cost=cost))
     try:
-        progress = SyncRun(client, store, job).run()
+        progress = SyncRun(client, store, job, self.request.id).run()
+    except Superseded:  # the sweep handed the job to another message: that one runs it
+        return {"job_id": str(job.id), "superseded": True}
     finally:
         client.close()
     if not progress.done:
-        # Queued first: the continuation may start (and mark it running) at once.
-        set_status(job.id, SyncJobStatus.QUEUED)
+        # Queued first, under the continuation's own task id: it may start at once, and only
+        # it may run the job from now on.
+        next_id = str(uuid.uuid4())
+        set_status(job.id, SyncJobStatus.QUEUED, celery_task_id=next_id, eta=starts_in(0))
         sync_flight().requeue(str(store_uuid), str(job.id), 0.0)
-        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)})
+        sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)}, task_id=next_id)
         return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
     # The follow-up is published before the job ends: should publishing fail, the retry of a
     # job still running does it again (the message of an ended job would be a no-op).
-    _release(store_uuid, job.id)
+    release_flight(store_uuid, job.id)
     set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
     announce(
         store.business_id,
@@ -141,6 +170,8 @@ class SyncRun:
     client: MailProvider
     store: Store
     job: SyncJob
+    #: The message running the job: a page commits only while the job still names it.
+    task_id: str
     pages: int = 0
     done: bool = False
     checkpoint: dict[str, Any] = field(default_factory=dict)
@@ -210,7 +241,10 @@ class SyncRun:
         }
         if self.checkpoint["mode"] == "full":
             job_values["kind"] = "full"
-        session.execute(update(SyncJob).where(SyncJob.id == self.job.id).values(**job_values))
+        fenced = update(SyncJob).where(SyncJob.id == self.job.id)
+        fenced = fenced.where(SyncJob.celery_task_id == self.task_id)
+        if session.execute(fenced.values(**job_values)).rowcount != 1:
+            raise Superseded(f"sync job {self.job.id} now belongs to another message")
         if cursor is not None:
             self.store.sync_cursor = cursor
             session.execute(
@@ -235,20 +269,6 @@ def _mark_store(store_id: uuid.UUID, status: StoreStatus, reason: str) -> None:
             .where(Store.id == store_id)
             .values(status=status, status_reason=storable_text(reason[:2000]))
         )
-
-
-def _release(store_id: uuid.UUID, job_id: uuid.UUID) -> None:
-    """End this run's hold on the store; requests that arrived meanwhile get one follow-up."""
-    follow_up = uuid.uuid4()  # the pending marker names it before its row exists
-    if not sync_flight().release(str(store_id), str(job_id), str(follow_up)):
-        return
-    try:
-        enqueue_job(store_id, SyncTrigger.FOLLOW_UP, follow_up)
-    except StoreNotSyncable:
-        sync_flight().cancel(str(store_id), str(follow_up))  # paused: its activation syncs
-    except BaseException:
-        sync_flight().cancel(str(store_id), str(follow_up))
-        raise
 
 
 __all__ = ["SyncTask", "sync_store"]
