@@ -24,7 +24,10 @@ database failed in between) is closed as archived.
 The recovery bound: once the fault clears, a job whose worker died runs again within
 ``sync_lease_s`` + ``sync_recovery_sweep_s`` (+ its wait in the queue), one whose message was
 lost within its countdown + ``sync_queue_bound_s`` + ``sync_recovery_sweep_s``. Redis holds only
-accelerators: with its keys gone the rows still say what to recover.
+accelerators: with its keys gone the rows still say what to recover. A recovered job's pending
+marker is re-armed for another queue bound, so requests folded into it still get their one
+follow-up; that needs ``sync_queue_bound_s`` > ``sync_lease_s`` + ``sync_recovery_sweep_s``
+(600 > 120 + 30 by default), or the fold could lapse before the sweep.
 
 Other safeguarded work needs no rows of its own (why, per kind):
 
@@ -52,12 +55,13 @@ from sqlalchemy import CursorResult, and_, func, or_, select, update
 
 from models import FailureCategory, SyncJob, SyncJobStatus
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
+from safeguards.errors import SafeguardUnavailable
 from safeguards.redis_state import get_redis, key
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
 from tasks.sync.jobs import archived_entry, set_status
-from tasks.sync.requests import SYNC_TASK, publish, release_flight
+from tasks.sync.requests import SYNC_TASK, publish, release_flight, sync_flight
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,7 @@ def recover(candidate: Candidate) -> str | None:
     if exhausted:
         _archive_exhausted(candidate, task_id)
         return "exhausted"
+    _rearm(candidate)
     try:
         publish(candidate.store_id, candidate.id, task_id)
     except Exception:  # still queued with a fresh eta: the sweep after the queue bound retries
@@ -199,6 +204,19 @@ def _archive_exhausted(candidate: Candidate, task_id: str) -> None:
     # (the archive is written once per task id; the next attempt has a new one).
     set_status(candidate.id, SyncJobStatus.ARCHIVED, error_message=f"archived as {entry_id}")
     release_flight(candidate.store_id, candidate.id)
+
+
+def _rearm(candidate: Candidate) -> None:
+    """The job is pending again for a queue bound, and so are requests folded into it.
+
+    Only a marker that names this job (or none) is touched: a newer job's stays its own.
+    """
+    flight, store = sync_flight(), str(candidate.store_id)
+    try:
+        if flight.holder(store) in (None, str(candidate.id)):
+            flight.requeue(store, str(candidate.id), 0.0)
+    except (RedisError, SafeguardUnavailable) as exc:  # an accelerator only
+        log.warning("re-arming the pending marker of store %s failed: %s", store, exc)
 
 
 def _lease_alive(candidate: Candidate) -> bool:
