@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
@@ -16,8 +17,10 @@ from api import dashboard, gmail, metrics, outlook, v1
 from api.auth import describe
 from api.errors import BAD_VALUE_ERRORS, OUTAGE_ERRORS, log_redacted
 from api.push_auth import PushTokenVerifier
+from api.request_context import RequestContext
 from syncguard.db import service_session
 from syncguard.settings import Settings, get_settings
+from syncguard.tracing import configure_tracing
 
 access_log = logging.getLogger("api.access")
 
@@ -41,6 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in BAD_VALUE_ERRORS:
         app.add_exception_handler(error, _bad_value)
     app.middleware("http")(_access_log)
+    # Outermost (added last): the access log's lines carry the request id too.
+    app.add_middleware(RequestContext)
+    if configure_tracing("syncguard-api", app.state.settings):
+        # The webhook request's span is the root of the trace the enqueued task continues.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     return app
 
 

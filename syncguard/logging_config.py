@@ -16,6 +16,13 @@ whichever library configured the handlers. Scrubbed are:
 ``syncguard up`` starts) and by the Celery app's process hooks (worker, beat, Flower);
 ``configure_logging`` also sets the one format and levels; ``log_config`` is the dict the API
 server (``syncguard api``) hands to uvicorn, so uvicorn's loggers print through the same handler.
+
+With ``SYNCGUARD_LOG_FORMAT=json`` every line is one JSON object (python-json-logger's
+formatter: the stdlib's records, so the record-factory scrubbing above still applies to every
+library's lines, which a structlog pipeline would have to re-plumb), carrying the ids bound in
+``syncguard.log_context`` (task, job, store, business, request). The JSON text is scrubbed once
+more as a whole, so a secret in any extra field (Celery's ``data``, a caller's ``extra=``) is
+masked too.
 """
 
 from __future__ import annotations
@@ -26,14 +33,22 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from syncguard import log_context
+
 __all__ = [
     "FORMAT",
     "REDACTED",
+    "JsonLineFormatter",
     "configure_logging",
+    "formatter",
     "install_scrubber",
     "log_config",
     "scrub",
     "scrub_record",
+    "use_formatter",
 ]
 
 #: What a scrubbed value is replaced with.
@@ -128,6 +143,9 @@ class _ScrubbingFactory:
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.inner(*args, **kwargs)
         scrub_record(record)
+        for name, value in log_context.current().items():
+            # The ids of the task or request this line was logged in, unless the caller set them.
+            record.__dict__.setdefault(name, value)
         return record
 
 
@@ -138,7 +156,53 @@ def install_scrubber() -> None:
         logging.setLogRecordFactory(_ScrubbingFactory(current))
 
 
-def log_config(level: str = "INFO") -> dict[str, Any]:
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object a line: time, level, logger, message, the context's ids, extras.
+
+    Shape: ``{"time": ISO 8601, "level": "INFO", "logger": name, "message": text,
+    "task_id": ..., ...}``; a traceback is the ``exc_info`` string. The serialised line is
+    scrubbed as a whole: python-json-logger formats a traceback itself from ``exc_info`` (not
+    the scrubbed ``exc_text``), and extras are not covered by the record factory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            # uvicorn's copy of the message with terminal colour codes: noise in a log pipeline.
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        )
+
+    def jsonify_log_record(self, log_data: Any) -> str:
+        """The JSON text of ``log_data``, secrets masked (see ``scrub``)."""
+        return scrub(super().jsonify_log_record(log_data))
+
+
+def formatter(log_format: str | None = None) -> logging.Formatter:
+    """The formatter of ``log_format`` (default: the ``log_format`` setting)."""
+    if _format(log_format) == "json":
+        return JsonLineFormatter()
+    return logging.Formatter(FORMAT)
+
+
+def _format(log_format: str | None) -> str:
+    if log_format is not None:
+        return log_format
+    from syncguard.settings import get_settings
+
+    return get_settings().log_format
+
+
+def use_formatter(logger: logging.Logger, log_format: str | None = None) -> None:
+    """Give every handler of ``logger`` the configured formatter (Celery set its own)."""
+    if _format(log_format) == "text":
+        return  # Celery's own text formats (with the task's name and id) stay as they are
+    for handler in logger.handlers:
+        handler.setFormatter(formatter("json"))
+
+
+def log_config(level: str = "INFO", log_format: str | None = None) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dict: one stderr handler, uvicorn's loggers through it.
 
     Uvicorn's access lines (``client - "GET /path?q=[REDACTED] HTTP/1.1" 200``) keep their
@@ -149,7 +213,7 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": {"format": FORMAT}},
+        "formatters": {"default": {"()": formatter, "log_format": _format(log_format)}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -168,7 +232,7 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Install the scrubber, then ``log_config(level)``."""
+def configure_logging(level: str = "INFO", log_format: str | None = None) -> None:
+    """Install the scrubber, then ``log_config(level, log_format)``."""
     install_scrubber()
-    logging.config.dictConfig(log_config(level))
+    logging.config.dictConfig(log_config(level, log_format))

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     result_expires_s: int = 86400
     #: Flower's HTTP port for ``syncguard up``.
     flower_port: int = 5555
+    #: Log line format of every process (worker, Beat, API, CLI): ``text`` for people,
+    #: ``json`` for log pipelines (one JSON object a line, with the task's or request's ids).
+    log_format: Literal["text", "json"] = "text"
+    #: Append every finished trace span to this file as a JSON line (tests, local debugging);
+    #: OTLP export is configured by OpenTelemetry's own ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    trace_file: Path | None = None
     #: The API's HTTP port for ``syncguard up`` (webhook receivers, ``/healthz``).
     api_port: int = 8000
     #: Worker concurrency for ``syncguard up``.

@@ -21,6 +21,7 @@ from safeguards.errors import (
     CallFailure,
     CircuitOpen,
     RateLimited,
+    Refused,
     SafeguardUnavailable,
     ThrottledFailure,
     TransientFailure,
@@ -35,6 +36,7 @@ from safeguards.rate_limit.limiter import (
 )
 from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
 from syncguard.settings import get_settings
+from tasks.trace_events import guard_decision
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,13 @@ def guarded_call(
     Raises CircuitOpen / RateLimited when refused; re-raises the call's own error after
     recording it, converted to its CallFailure when ``classify`` recognises it.
     """
-    trial_token = _admit_circuit(scope)
-    lease_id = _admit_rate(scope, operation, cost, trial_token)
+    try:
+        trial_token = _admit_circuit(scope)
+        lease_id = _admit_rate(scope, operation, cost, trial_token)
+    except Refused as refused:
+        guard_decision(scope, operation, refused)  # an event on the task's trace span
+        raise
+    guard_decision(scope, operation)
     try:
         yield
     except BaseException as exc:
