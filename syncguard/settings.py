@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     result_expires_s: int = 86400
     #: Flower's HTTP port for ``syncguard up``.
     flower_port: int = 5555
+    #: Flower's login for ``syncguard up``, ``user:password`` (several comma-separated); unset
+    #: in development means a password generated once under ``home``; production requires it.
+    flower_basic_auth: SecretStr = SecretStr("")
     #: Log line format of every process (worker, Beat, API, CLI): ``text`` for people,
     #: ``json`` for log pipelines (one JSON object a line, with the task's or request's ids).
     log_format: Literal["text", "json"] = "text"

@@ -16,13 +16,16 @@ RUN_ID = uuid.uuid4().hex[:10]
 TEST_DATABASE = f"syncguard_test_{RUN_ID}"
 TEST_REDIS_PREFIX = f"syncguard-test-{RUN_ID}:"
 _SERVER_KEY = pytest.StashKey[str]()
+#: The embedded servers this session started (none when the URLs are set): stopped at the end.
+_STARTED_KEY = pytest.StashKey[frozenset[str]]()
 
 
-def _server_urls() -> tuple[str, str]:
+def _server_urls(config: pytest.Config) -> tuple[str, str]:
     from syncguard.services import ensure_services
     from syncguard.settings import Settings
 
-    urls = ensure_services(Settings())
+    urls = ensure_services(Settings(), start=True)
+    config.stash[_STARTED_KEY] = urls.started
     return urls.database_url, urls.redis_url
 
 
@@ -32,7 +35,7 @@ def _admin_engine(server_url: str) -> Engine:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Create and migrate this run's database before any test module imports the app."""
-    server_db_url, redis_url = _server_urls()
+    server_db_url, redis_url = _server_urls(config)
     test_url = make_url(server_db_url).set(database=TEST_DATABASE)
     with _admin_engine(server_db_url).connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{TEST_DATABASE}"'))
@@ -52,7 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Drop this run's database and delete its Redis keys."""
+    """Drop this run's database, delete its Redis keys, stop the embedded servers it started."""
     server_db_url = config.stash.get(_SERVER_KEY, None)
     if server_db_url is None:
         return
@@ -64,6 +67,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     for key in client.scan_iter(match=f"{TEST_REDIS_PREFIX}*", count=1000):
         client.delete(key)
+    client.close()
+    _stop_what_this_session_started(config)
+
+
+def _stop_what_this_session_started(config: pytest.Config) -> None:
+    # Servers that were already running (a `syncguard up` beside the tests) stay up.
+    started = config.stash.get(_STARTED_KEY, frozenset())
+    if started:
+        from syncguard.services import stop_embedded
+        from syncguard.settings import Settings
+
+        stop_embedded(Settings(), started)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,8 @@ from sqlalchemy import Engine, update
 from models import Provider, Store, StoreStatus, SyncJob, SyncJobStatus, SyncTrigger
 from providers.emulator.config import EmulatorConfig
 from providers.emulator.runner import free_port, running_emulator
-from syncguard.cli.main import _child_env, main, stack_children
+from syncguard.cli.main import main, stack_children
+from syncguard.cli.up import child_env as _child_env
 from syncguard.db import service_session
 from syncguard.services import ServiceURLs
 from syncguard.settings import Settings

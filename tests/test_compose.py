@@ -107,3 +107,12 @@ def test_the_image_ships_every_package_it_installs() -> None:
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     for top in {name.split(".")[0] for name in packages["packages"]}:
         assert f"COPY {top}/ {top}/" in dockerfile, f"the image lacks {top}/"
+
+
+def test_flower_requires_its_login_from_the_setting() -> None:
+    # Flower's HTTP API answers 401 without authentication configured; compose refuses to
+    # start until SYNCGUARD_FLOWER_BASIC_AUTH is set, and hands it to Flower only.
+    flower = SERVICES["flower"]["environment"]
+    assert flower["FLOWER_BASIC_AUTH"].startswith("${SYNCGUARD_FLOWER_BASIC_AUTH:?")
+    assert flower["SYNCGUARD_ENVIRONMENT"] == "production"  # the shared variables are kept
+    assert "FLOWER_BASIC_AUTH" not in SERVICES["worker"]["environment"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from syncguard.services import ServicesError, ensure_services
 from syncguard.settings import Settings
@@ -26,7 +27,7 @@ ENSURE = """
 import json
 from syncguard.services import ensure_services
 from syncguard.settings import get_settings
-urls = ensure_services(get_settings())
+urls = ensure_services(get_settings(), start=True)
 print(json.dumps({**urls.as_env(), "started": sorted(urls.started)}))
 """
 HEARTBEAT = """
@@ -144,10 +145,20 @@ def test_production_refuses_the_embedded_servers(monkeypatch: pytest.MonkeyPatch
 
 
 def test_up_in_production_without_urls_fails_clearly(embedded: Embedded) -> None:
-    env = {**embedded.env, "SYNCGUARD_ENVIRONMENT": "production"}
-    done = subprocess.run([SYNCGUARD, "up"], env=env, capture_output=True, text=True, timeout=60)
+    keys = Fernet.generate_key().decode()  # production's other requirement, met
+    env = {**embedded.env, "SYNCGUARD_ENVIRONMENT": "production", "SYNCGUARD_ENCRYPTION_KEYS": keys}
+    argv = [SYNCGUARD, "up", "--no-flower"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "production refuses the embedded servers" in done.stderr
+
+
+def test_commands_other_than_up_use_the_running_servers(embedded: Embedded) -> None:
+    pids = _pids(embedded.home)
+    assert "Businesses:" in _run([SYNCGUARD, "status"], embedded.env)
+    exports = _run([SYNCGUARD, "env"], embedded.env)
+    assert f"export REDIS_URL={embedded.urls['REDIS_URL']}" in exports
+    assert _pids(embedded.home) == pids  # reused, not restarted
 
 
 def test_down_stops_both_servers(embedded: Embedded) -> None:
@@ -156,3 +167,32 @@ def test_down_stops_both_servers(embedded: Embedded) -> None:
     assert "stopped embedded redis, postgres" in _run([SYNCGUARD, "down"], embedded.env)
     assert not any(_alive(pid) for pid in pids)
     assert "nothing in" in _run([SYNCGUARD, "down"], embedded.env)
+
+
+def test_after_down_other_commands_say_how_to_start_the_stack(embedded: Embedded) -> None:
+    """After `down` (above): a command fails in one line and starts nothing."""
+    done = subprocess.run(
+        [SYNCGUARD, "dlq", "list"], env=embedded.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "Error: the embedded PostgreSQL is not running: start the stack with "
+        "`.venv/bin/syncguard up` (or `make run`), or set DATABASE_URL"
+    ]
+    assert not (embedded.home / "postgres" / "postmaster.pid").exists()
+    assert not (embedded.home / "redis" / "port").exists()
+
+
+def test_a_test_session_stops_the_servers_it_started(tmp_path: Path) -> None:
+    # A test run with no URLs starts the embedded servers (tests/conftest.py) and stops them
+    # at the end; servers already running when it began would be left alone.
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
+    env.update(SYNCGUARD_HOME=str(home), SYNCGUARD_ENVIRONMENT="test")
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    argv += [str(Path(__file__).with_name("test_settings.py"))]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (home / "postgres").is_dir()  # it did start PostgreSQL there...
+    assert not (home / "postgres" / "postmaster.pid").exists()  # ...and stopped it
+    assert not (home / "redis" / "port").exists()

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from safeguards.redaction import REDACTED
+from syncguard.cli.up import stack_children
+from syncguard.settings import Settings
 from tasks import app
 from tasks.maintenance import heartbeat
 from tasks.outbound.delivery import TASK_NAME as DELIVER_EVENT
@@ -36,17 +38,25 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The basic-auth login the test's Flower is started with (as `syncguard up` starts it).
+LOGIN = ("syncguard", f"test-{uuid.uuid4().hex}")
+
+
 @pytest.fixture(scope="module")
 def flower() -> Iterator[httpx.Client]:
-    """A real Flower (``celery -A tasks flower``) on a free port, its API open to the test."""
+    """A real Flower started as ``syncguard up`` starts it, with a login; a client that has it."""
     port = _free_port()
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower"]
-    argv += [f"--port={port}", "--address=127.0.0.1"]
+    settings = Settings(flower_port=port)
+    [child] = [
+        c for c in stack_children(settings, flower_login=":".join(LOGIN)) if c.name == "flower"
+    ]
     log_path = Path(tempfile.mkstemp(prefix="flower-", suffix=".log")[1])
-    env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
+    env = {**os.environ, **child.env}
     with log_path.open("w") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0)
+        proc = subprocess.Popen(
+            list(child.argv), env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5.0, auth=LOGIN)
     try:
         eventually(lambda: _healthy(client, proc, log_path), timeout_s=START_TIMEOUT_S)
         yield client
@@ -54,6 +64,15 @@ def flower() -> Iterator[httpx.Client]:
         client.close()
         stop(proc)
         sys.stderr.write(f"[flower log: {log_path}]\n")
+
+
+def test_flowers_http_api_asks_for_the_login(flower: httpx.Client) -> None:
+    # Without authentication configured, Flower's API would answer 401 to everyone
+    # ("FLOWER_UNAUTHENTICATED_API environment variable is required").
+    url = str(flower.base_url.join("/api/workers"))
+    assert httpx.get(url, timeout=5.0).status_code == 401
+    assert httpx.get(url, timeout=5.0, auth=("syncguard", "wrong")).status_code == 401
+    assert flower.get("/api/workers").status_code == 200
 
 
 def _healthy(client: httpx.Client, proc: subprocess.Popen[str], log_path: Path) -> bool:

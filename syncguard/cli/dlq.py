@@ -26,6 +26,7 @@ from safeguards.dead_letter.archive import (
     review,
 )
 from safeguards.errors import DeadLetterError
+from syncguard.cli.errors import describe
 from syncguard.cli.support import IsoDateTime, fail_on_database_errors
 from syncguard.cli.tables import cell, render
 
@@ -295,5 +296,5 @@ def _broker_errors() -> Iterator[None]:
         raise
     except Exception as exc:  # kombu's connection errors have no common public base
         raise click.ClickException(
-            f"could not publish the replay (entries replayed before stay replayed): {exc}"
+            f"could not publish the replay (entries replayed before stay replayed): {describe(exc)}"
         ) from exc

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,12 @@ POLL_INTERVAL_S = 0.5
 
 @dataclass(frozen=True)
 class Child:
-    """One long-running process of the stack: a name for the logs and its command line."""
+    """One long-running process of the stack: a name for the logs, its command line and the
+    variables it alone gets on top of the stack's (a secret only it needs, say)."""
 
     name: str
     argv: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Stack:
@@ -71,9 +73,11 @@ class Stack:
     def _start(self, child: Child) -> None:
         # Own process group: a terminal's Ctrl-C reaches only us, so shutdown happens in order,
         # and a child's leftover grandchildren (pool processes) can be killed with the group.
-        proc = subprocess.Popen(list(child.argv), env=self._env, process_group=0)
+        env = {**self._env, **child.env}
+        proc = subprocess.Popen(list(child.argv), env=env, process_group=0)
         self._procs[child.name] = proc
-        log.info("started %s (pid %s): %s", child.name, proc.pid, " ".join(child.argv))
+        log.info("started %s (pid %s)", child.name, proc.pid)
+        log.debug("%s runs %s", child.name, " ".join(child.argv))
 
     def _watch(self) -> int:
         while not self._stop.wait(POLL_INTERVAL_S):

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import Business, Provider, Store, StoreStatus
+from syncguard.cli.errors import describe
 from syncguard.cli.support import database_session, fail_on_database_errors
 from syncguard.cli.tables import render
 
@@ -206,7 +207,7 @@ def _enqueue_subscription(store_id: uuid.UUID) -> None:
     try:
         result = create_subscription.delay(str(store_id))
     except Exception as exc:  # kombu's connection errors have no common public base
-        raise click.ClickException(f"could not enqueue the subscription: {exc}") from exc
+        raise click.ClickException(f"could not enqueue the subscription: {describe(exc)}") from exc
     click.echo(f"subscription task {result.id} queued")
 
 
@@ -217,5 +218,5 @@ def _request_first_sync(store_id: uuid.UUID) -> None:
     try:
         job_id = request_sync(store_id)
     except Exception as exc:  # the broker or the database
-        raise click.ClickException(f"could not request a sync: {exc}") from exc
+        raise click.ClickException(f"could not request a sync: {describe(exc)}") from exc
     click.echo(f"sync job {job_id} queued" if job_id else "folded into the pending sync")

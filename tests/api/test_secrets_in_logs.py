@@ -70,9 +70,9 @@ def _answers(url: str, proc: subprocess.Popen[str]) -> bool:
         return False
 
 
-def stack_child(name: str, settings: Settings) -> Child:
-    """The command line ``syncguard up`` runs as ``name`` (with the demo's children)."""
-    [child] = [c for c in stack_children(settings, demo=True) if c.name == name]
+def stack_child(name: str, settings: Settings, verbose: bool = False) -> Child:
+    """The command line ``syncguard up`` (``-v``: verbose) runs as ``name`` (demo included)."""
+    [child] = [c for c in stack_children(settings, demo=True, verbose=verbose) if c.name == name]
     return child
 
 
@@ -120,7 +120,8 @@ def test_the_emulator_process_logs_no_query_secret() -> None:
     # access format, and the CLI's record factory scrubs it.
     port = free_port()
     secret = "ya29.emulator-" + "t" * 30
-    child = stack_child("emulator", Settings(emulator_port=port))
+    # Its access log is on with `syncguard -v up` (off by default, to keep the demo readable).
+    child = stack_child("emulator", Settings(emulator_port=port), verbose=True)
     with running(child, f"http://127.0.0.1:{port}", "/_emulator/oauth2/v3/certs") as emulator:
         certs = f"{emulator.url}/_emulator/oauth2/v3/certs"
         assert httpx.get(certs, params={"access_token": secret}).status_code == 200
