@@ -29,17 +29,22 @@ marker is re-armed for another queue bound, so requests folded into it still get
 follow-up; that needs ``sync_queue_bound_s`` > ``sync_lease_s`` + ``sync_recovery_sweep_s``
 (600 > 120 + 30 by default), or the fold could lapse before the sweep.
 
-Other safeguarded work needs no rows of its own (why, per kind):
+What the other safeguarded work needs (per kind, and why):
 
-- **Subscriptions** (create / renew / reauthorize / recreate in tasks/webhooks.py and
-  tasks/renewal.py): the work is re-derived from ``webhook_subscriptions`` and ``stores`` by
-  Beat's renewal pass (every 300 s) and health pass (every 60 s). A lost renewal message leaves
-  the subscription inside its renewal window, so the next pass enqueues it again; a lost
-  creation leaves an active store without a live subscription, which the health pass renews.
-- **Outbound deliveries** (tasks/outbound/): the event is recorded as a delivery row in
-  ``webhook_delivery_log`` only by the attempt itself, so a message lost before its first
-  attempt is not recovered by this sweep; the sync it reports on is in the ledger, and the
-  business's next event carries the current state. Stated as a limit in the report of issue 11.
+- **Subscription renewals** (tasks/webhooks.py ``renew_subscription``, asked for by
+  tasks/renewal.py): no rows of their own. The work is re-derived from ``webhook_subscriptions``
+  by Beat's renewal pass (every 300 s) and health pass (every 60 s): a lost renewal message
+  leaves the subscription inside its renewal window (hours wide), and the next pass after the
+  renewal cooldown (``renewal_request_cooldown_s``) enqueues it again.
+- **Subscription creation** (``create_subscription``; reauthorize / recreate go through it) is
+  not re-derived: no pass looks for an active store without a subscription. A lost creation
+  leaves the store without push notifications; Beat's reconciliation sync (every 15 min) still
+  keeps its mailbox copy complete. Closing this needs a pass over stores without a live
+  subscription (not done here).
+- **Outbound deliveries** (tasks/outbound/): ``publish_event`` publishes one message per
+  endpoint with no row before it; ``webhook_delivery_log`` records attempts only. A message lost
+  before its first attempt is therefore not recovered. Closing this needs a pending delivery
+  row written before publication and a sweep like this one (not done here).
 """
 
 from __future__ import annotations
