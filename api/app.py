@@ -13,7 +13,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
-from api import dashboard, gmail, metrics, outlook, v1
+from api import dashboard, dashboard_jobs, gmail, metrics, outlook, v1
 from api.auth import describe
 from api.errors import BAD_VALUE_ERRORS, OUTAGE_ERRORS, log_redacted
 from api.push_auth import PushTokenVerifier
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(outlook.router)
     app.include_router(v1.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard_jobs.router)
     app.mount("/dashboard/static", dashboard.static_files, name="dashboard-static")
     app.include_router(metrics.router)
     app.add_api_route("/healthz", healthz, methods=["GET"])

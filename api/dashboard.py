@@ -55,7 +55,8 @@ KEY_IN_URL = (
 router = APIRouter(prefix="/dashboard")
 
 
-def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    """Render template ``name``: our own files only (CSP), never cached, no referrer."""
     response = templates.TemplateResponse(request, name, context, status_code=status)
     response.headers["Content-Security-Policy"] = CSP
     response.headers["Cache-Control"] = "no-store"
@@ -68,8 +69,8 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
 def login_form(request: Request) -> Response:
     """The login form; 400 (the form, saying why) for a URL with a query string."""
     if request.url.query:
-        return _page(request, "login.html", {"error": KEY_IN_URL}, 400)
-    return _page(request, "login.html", {"error": None})
+        return page(request, "login.html", {"error": KEY_IN_URL}, 400)
+    return page(request, "login.html", {"error": None})
 
 
 @router.post("/login")
@@ -77,15 +78,15 @@ async def login(request: Request) -> Response:
     """Check the typed key; open a session and set its cookie (303 to the page), else 400/401."""
     body = await request.body()
     if len(body) > LOGIN_BODY_MAX_BYTES:
-        return _page(request, "login.html", {"error": "The login form is too large."}, 413)
+        return page(request, "login.html", {"error": "The login form is too large."}, 413)
     form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
     key = (form.get("key") or [""])[0].strip()
     problem = _key_problem(key)
     if problem is not None:
-        return _page(request, "login.html", {"error": problem}, 400)
+        return page(request, "login.html", {"error": problem}, 400)
     principal = verify(key)
     if principal is None:
-        return _page(request, "login.html", {"error": "That API key is invalid or revoked."}, 401)
+        return page(request, "login.html", {"error": "That API key is invalid or revoked."}, 401)
     return _logged_in(request, principal)
 
 
@@ -143,7 +144,7 @@ def dashboard(request: Request, business_id: uuid.UUID | None = None) -> Respons
         return RedirectResponse("/dashboard/login", status_code=303)
     business = scope(principal, business_id)
     context = collect(principal, business, settings_of(request).dashboard_list_limit)
-    return _page(request, "dashboard.html", context)
+    return page(request, "dashboard.html", context)
 
 
 def collect(principal: Principal, business: uuid.UUID | None, limit: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from api.auth import Caller, GuardedRoute, read_session, scope, settings_of
 from api.params import Moment, NameText
 from api.v1 import archive as v1_archive
+from api.v1 import jobs as v1_jobs
 from api.v1 import queries as v1_queries
 from models import AlertStatus, MetricType, SystemHealthMetric
 from safeguards.health_metrics.trends import BUCKET_WIDTHS, Bucket, metric_trend
@@ -23,6 +24,7 @@ MAX_TREND_BUCKETS = 1440
 
 router = APIRouter(prefix="/api/v1", route_class=GuardedRoute)
 router.include_router(v1_archive.router)
+router.include_router(v1_jobs.router)
 
 #: ``?business_id=``: an operator's narrowing to one business (a tenant may only name its own).
 BusinessParam = Annotated[uuid.UUID | None, Query()]

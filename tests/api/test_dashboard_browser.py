@@ -252,3 +252,66 @@ def test_a_tenant_sees_only_its_business_and_no_action_buttons(
     assert theirs.address not in text and theirs.alert_message not in text
     assert browser.evaluate("document.querySelectorAll('button[data-action]').length") == 0
     assert browser.errors == []
+
+
+def seed_archived_job(tenant: Tenant) -> tuple[uuid.UUID, str]:
+    """An archived manual sync job of ``tenant``'s store, with its archive entry; id, reason."""
+    task_id = f"task-{uuid.uuid4().hex}"
+    reason = f"Gmail answered 503 six times ({task_id[-6:]})"
+    with service_session() as s:
+        job = models.SyncJob(
+            store_id=tenant.store_id,
+            kind="full",
+            trigger="manual",
+            status="archived",
+            attempts=6,
+            deferrals=1,
+            celery_task_id=task_id,
+        )
+        entry = models.FailedJobArchive(
+            store_id=tenant.store_id,
+            job_id=task_id,
+            job_type="tasks.sync.sync_store",
+            failure_reason=reason,
+            failure_category="transient_exhausted",
+            retry_count=5,
+            job_data={"task": "tasks.sync.sync_store", "args": [str(tenant.store_id)]},
+        )
+        s.add_all([job, entry])
+        s.flush()
+        return job.id, reason
+
+
+def test_the_jobs_page_filters_by_state_and_opens_a_job_with_its_archive_entry(
+    api_url: str, engine: Engine, browser: Page
+) -> None:
+    tenant, stranger = seed_business("Globex"), seed_business("Hooli")
+    archived_id, reason = seed_archived_job(tenant)
+    log_in(browser, api_url, tenant.key)
+
+    browser.evaluate("document.getElementById('jobs-link').click()")
+    browser.wait_for(
+        "location.pathname === '/dashboard/jobs' && document.readyState === 'complete'"
+    )
+    every = browser.evaluate("[...document.querySelectorAll('tr.job')].map(r => r.dataset.status)")
+    assert sorted(every) == ["archived", "failed"]  # its own two jobs, never Hooli's
+    assert stranger.address not in browser.evaluate("document.body.innerText")
+
+    browser.evaluate("document.getElementById('filter-status').value = 'archived'")
+    browser.evaluate("document.getElementById('job-filter').submit()")
+    browser.wait_for(
+        "location.search.includes('status=archived') && document.readyState === 'complete'"
+    )
+    rows = browser.evaluate("[...document.querySelectorAll('tr.job')].map(r => r.dataset.jobId)")
+    assert rows == [str(archived_id)]
+
+    browser.evaluate("document.querySelector('tr.job a.job-link').click()")
+    browser.wait_for(
+        f"location.pathname === '/dashboard/jobs/{archived_id}' && "
+        "document.readyState === 'complete'"
+    )
+    archive = browser.evaluate("document.getElementById('job-archive').innerText")
+    facts = browser.evaluate("document.getElementById('job').innerText")
+    assert reason in archive and "transient_exhausted" in archive
+    assert "Attempts\t6" in facts or "Attempts\n6" in facts
+    assert browser.errors == []

@@ -30,6 +30,7 @@ GET_ENDPOINTS: dict[str, dict[str, str]] = {
     "/api/v1/subscriptions": {},
     "/api/v1/alerts": {},
     "/api/v1/archive": {},
+    "/api/v1/jobs": {},
     "/api/v1/metrics/names": {},
     "/api/v1/metrics": {"name": METRIC},
 }
