@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install browser clean
+.PHONY: run test lint install browser clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ browser:
 ## test: the whole suite against real PostgreSQL and Redis (and headless chromium)
 test: $(STAMP) browser
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: every benchmark against its peer in one run (BENCH_QUICK=1: under three minutes)
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 ## lint: ruff and mypy --strict on the packages
 lint: $(STAMP)
