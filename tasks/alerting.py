@@ -50,11 +50,11 @@ def on_circuit_transition(
     new_state: CircuitState,
     stats: CircuitStats,
 ) -> None:
-    """Raise a store circuit's alert when it opens; resolve it when it closes again."""
+    """Raise a store circuit's alert when it opens; resolve it (``alert.resolved``) on closing."""
     if store_id is None:
         return  # business-wide (outbound endpoint) circuits: see safeguards.alerts.store
     if new_state is CircuitState.CLOSED:
-        resolve_alert(circuit_key(store_id, circuit_name))
+        resolve_alert(circuit_key(store_id, circuit_name), publish=announce)
         return
     if new_state is not CircuitState.OPEN:
         return  # open -> half-open: still not closed, the open alert stands

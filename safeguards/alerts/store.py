@@ -3,7 +3,10 @@
 An open alert is unique per ``dedup_key`` (a partial unique index on open rows), so raising is
 one ``INSERT ... ON CONFLICT ... DO UPDATE``: a new row, or one more occurrence of the open one,
 told apart by ``xmax = 0``. Only a new row is logged and published; the caller passes the
-publisher (the task side's ``announce``), since safeguards know no tasks. The rules themselves
+publisher (the task side's ``announce``), since safeguards know no tasks. Resolving is the
+other direction: each alert a resolution closes is logged and, when it belongs to a business,
+published as ``alert.resolved`` once (the ``UPDATE ... WHERE status = 'open'`` closes a row only
+once, however many processes resolve it at the same time). The rules themselves
 are pure (``safeguards.alerts.rules``); this module reads their inputs and stores their outcome.
 """
 
@@ -11,17 +14,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import redis
-from sqlalchemy import Boolean, Engine, func, literal_column, select, text, update
+from sqlalchemy import Boolean, Engine, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from models import Alert, AlertSeverity, AlertStatus, CircuitState, Store, StoreStatus
+from models import Alert, AlertSeverity, CircuitState, Store, StoreStatus
+from safeguards.alerts.resolution import Publisher, announce_resolved, resolve_open
 from safeguards.alerts.rules import (
     AlertRule,
     AlertSpec,
@@ -43,8 +46,6 @@ from syncguard.db import service_session
 
 log = logging.getLogger(__name__)
 
-#: Called as (business_id, event_type, data) for each newly raised alert of a business.
-Publisher = Callable[[uuid.UUID, str, dict[str, Any]], None]
 #: The outbound event announcing a newly raised alert.
 ALERT_RAISED_EVENT = "alert.raised"
 #: Alerts upserted per statement.
@@ -167,14 +168,17 @@ def _announce(spec: AlertSpec, alert: RaisedAlert, publish: Publisher | None) ->
         log.exception("alert %s: could not publish %s", spec.dedup_key, ALERT_RAISED_EVENT)
 
 
-def resolve_alert(dedup_key: str, *, engine: Engine | None = None) -> uuid.UUID | None:
-    """Resolve the open alert of ``dedup_key``; returns its id, or None if none was open."""
+def resolve_alert(
+    dedup_key: str, *, publish: Publisher | None = None, engine: Engine | None = None
+) -> uuid.UUID | None:
+    """Resolve the open alert of ``dedup_key``; returns its id, or None if none was open.
+
+    After the transaction commits, a business's alert is published as ``alert.resolved``.
+    """
     with service_session(engine) as session:
-        resolved = _resolve(session, Alert.dedup_key == dedup_key)
-    for _key, alert_id in resolved:
-        log.info("alert %s resolved", dedup_key)
-        return alert_id
-    return None
+        resolved = resolve_open(session, Alert.dedup_key == dedup_key)
+    announce_resolved(resolved, publish)
+    return resolved[0].id if resolved else None
 
 
 def resolve_absent(
@@ -182,33 +186,22 @@ def resolve_absent(
     keep: Collection[str],
     seen_before: datetime,
     *,
+    publish: Publisher | None = None,
     engine: Engine | None = None,
 ) -> list[str]:
     """Resolve open alerts of ``rules`` not in ``keep`` and not seen since ``seen_before``."""
     if not rules:
         return []
     with service_session(engine) as session:
-        resolved = _resolve(
+        resolved = resolve_open(
             session,
             Alert.rule.in_([r.value for r in rules]),
             Alert.dedup_key.not_in(list(keep)),
             # Raised meanwhile (a circuit listener in another process): not ours to resolve.
             Alert.last_seen_at < seen_before,
         )
-    keys = sorted(k for k, _id in resolved)
-    for dedup_key in keys:
-        log.info("alert %s resolved: its condition cleared", dedup_key)
-    return keys
-
-
-def _resolve(session: Session, *where: Any) -> list[tuple[str, uuid.UUID]]:
-    statement = (
-        update(Alert)
-        .where(Alert.status == AlertStatus.OPEN, *where)
-        .values(status=AlertStatus.RESOLVED, resolved_at=func.now(), updated_at=func.now())
-        .returning(Alert.dedup_key, Alert.id)
-    )
-    return [(row[0], row[1]) for row in session.execute(statement)]
+    announce_resolved(resolved, publish)
+    return sorted(alert.dedup_key for alert in resolved)
 
 
 def store_business(store_id: uuid.UUID, *, engine: Engine | None = None) -> uuid.UUID | None:
@@ -315,7 +308,7 @@ def evaluate(
         evaluated.discard(AlertRule.RATE_LIMIT_DENIALS)
     stored = raise_alerts(firing, publish=publish, engine=engine)
     keep = held | {spec.dedup_key for spec in firing}
-    resolved = resolve_absent(evaluated, keep, started_at, engine=engine)
+    resolved = resolve_absent(evaluated, keep, started_at, publish=publish, engine=engine)
     return Evaluation(
         raised=sorted(a.dedup_key for a in stored if a.new),
         firing=sorted(a.dedup_key for a in stored),

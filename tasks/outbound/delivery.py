@@ -44,6 +44,7 @@ from tasks.outbound.endpoints import (
     subscribed_endpoints,
     validate_url,
 )
+from tasks.outbound.recovered import announce_recovery
 from tasks.outbound.schedule import countdown_s, parse_retry_after, retry_delay_s
 from tasks.outbound.signing import signature_headers
 from tasks.queues import WEBHOOKS
@@ -140,12 +141,12 @@ def _deliver(job: dict[str, Any], not_before: float | None) -> dict[str, Any]:
         return _wait(job, now + retry_after_s, "circuit_open", hold=False)
     outcome = _post(endpoint, job)
     _record_circuit(endpoint, outcome, trial_token)
-    disabled_reason = record_attempt(
-        endpoint, job["message_id"], job["event_type"], job["attempt"], outcome
-    )
+    record = record_attempt(endpoint, job["message_id"], job["event_type"], job["attempt"], outcome)
+    if record.recovery is not None:
+        announce_recovery(endpoint, record.recovery, publish_event)
     if outcome.success:
         return {"status": "delivered", "attempt": job["attempt"], "code": outcome.response_code}
-    if disabled_reason is not None or outcome.gone:
+    if record.disabled_reason is not None or outcome.gone:
         return {"status": "endpoint_disabled", "attempt": job["attempt"]}
     return _retry_or_archive(job, endpoint, outcome)
 

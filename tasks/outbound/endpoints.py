@@ -3,6 +3,10 @@
 An attempt's log row and the endpoint's counters are written in one transaction; an endpoint
 that answers 410 Gone, or that keeps failing for long enough, is disabled there too, with one
 open ``endpoint_disabled`` alert (the partial unique index on open dedup keys keeps it one).
+The other direction in the same transaction: a success after a failing streak (as long as the
+one that may disable) or while the endpoint's ``endpoint_disabled`` alert is still open (it was
+disabled, then enabled again) is a recovery: the alert is resolved, and the caller announces
+``endpoint.recovered`` and ``alert.resolved`` once the transaction has committed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models import Alert, AlertSeverity, Direction, WebhookDeliveryLog, WebhookEndpoint
+from safeguards.alerts.resolution import ResolvedAlert, resolve_open
 from safeguards.delivery_log import log_webhook_delivery
 from syncguard.crypto import decrypt_json, encrypt_json
 from syncguard.db import service_session
@@ -28,7 +33,15 @@ from tasks.outbound.signing import new_secret, secret_key
 log = logging.getLogger(__name__)
 
 #: The events a business can subscribe an endpoint to; an empty subscription means all.
-EVENT_TYPES = frozenset({"sync.completed", "alert.raised", "dead_letter.added"})
+EVENT_TYPES = frozenset(
+    {
+        "sync.completed",
+        "alert.raised",
+        "alert.resolved",
+        "dead_letter.added",
+        "endpoint.recovered",
+    }
+)
 #: Rule of the alert raised when an endpoint is disabled automatically.
 ENDPOINT_DISABLED_RULE = "endpoint_disabled"
 #: HTTP status by which a receiver says the endpoint is gone for good.
@@ -70,6 +83,24 @@ class AttemptOutcome:
     def gone(self) -> bool:
         """The receiver said 410 Gone: disable at once, retry nothing."""
         return self.response_code == GONE
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """An endpoint that succeeded again: its failure streak before, and the alerts resolved."""
+
+    endpoint_id: uuid.UUID
+    failures: int
+    was_disabled: bool
+    resolved: list[ResolvedAlert]
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """What recording an attempt changed: the endpoint disabled now (why), or recovered."""
+
+    disabled_reason: str | None = None
+    recovery: Recovery | None = None
 
 
 def validate_url(url: str) -> str:
@@ -151,8 +182,8 @@ def subscribed_endpoints(business_id: uuid.UUID, event_type: str) -> list[uuid.U
 
 def record_attempt(
     endpoint: Endpoint, message_id: str, event_type: str, attempt: int, outcome: AttemptOutcome
-) -> str | None:
-    """Log the attempt and update the endpoint; returns the reason if it got disabled now."""
+) -> AttemptRecord:
+    """Log the attempt and update the endpoint: disabled now (and why), or recovered now."""
     with service_session() as session:
         log_webhook_delivery(
             None,
@@ -169,21 +200,37 @@ def record_attempt(
             session=session,
         )
         if outcome.success:
-            _mark_success(session, endpoint.id)
-            return None
+            return AttemptRecord(recovery=_mark_success(session, endpoint.id))
         failures = _mark_failure(session, endpoint.id)
         reason = _disable_reason(session, endpoint.id, failures, outcome)
         if reason is not None and _disable(session, endpoint, reason, failures):
-            return reason
-        return None
+            return AttemptRecord(disabled_reason=reason)
+        return AttemptRecord()
 
 
-def _mark_success(session: Session, endpoint_id: uuid.UUID) -> None:
+def _mark_success(session: Session, endpoint_id: uuid.UUID) -> Recovery | None:
+    """Reset the streak; a Recovery when the endpoint was failing or disabled until now."""
+    # Locked: of two successes at once, only the first sees the streak (one recovery event).
+    failures = session.execute(
+        select(WebhookEndpoint.consecutive_failures)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .with_for_update()
+    ).scalar_one_or_none()
     session.execute(
         update(WebhookEndpoint)
         .where(WebhookEndpoint.id == endpoint_id)
         .values(consecutive_failures=0, last_success_at=func.now())
     )
+    resolved = resolve_open(session, Alert.dedup_key == disabled_alert_key(endpoint_id))
+    failing = (failures or 0) >= get_settings().outbound_disable_after_failures
+    if not (failing or resolved):
+        return None
+    return Recovery(endpoint_id, failures or 0, bool(resolved), resolved)
+
+
+def disabled_alert_key(endpoint_id: uuid.UUID) -> str:
+    """The dedup key of the alert raised when ``endpoint_id`` is disabled."""
+    return f"{ENDPOINT_DISABLED_RULE}:{endpoint_id}"
 
 
 def _mark_failure(session: Session, endpoint_id: uuid.UUID) -> int:
@@ -245,7 +292,7 @@ def _disable(session: Session, endpoint: Endpoint, reason: str, failures: int) -
             business_id=endpoint.business_id,
             rule=ENDPOINT_DISABLED_RULE,
             severity=AlertSeverity.WARNING,
-            dedup_key=f"{ENDPOINT_DISABLED_RULE}:{endpoint.id}",
+            dedup_key=disabled_alert_key(endpoint.id),
             message=f"webhook endpoint {endpoint.id} disabled: {reason}",
             details={"endpoint_id": str(endpoint.id), "reason": reason, "failures": failures},
         )

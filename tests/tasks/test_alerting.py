@@ -45,8 +45,10 @@ class Recorder:
     def __call__(self, business_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> None:
         self.events.append((business_id, event_type, data))
 
-    def keys_for(self, business_id: uuid.UUID) -> list[str]:
-        return sorted(d["dedup_key"] for b, _t, d in self.events if b == business_id)
+    def keys_for(self, business_id: uuid.UUID, event_type: str = "alert.raised") -> list[str]:
+        return sorted(
+            d["dedup_key"] for b, t, d in self.events if b == business_id and t == event_type
+        )
 
 
 @dataclass
@@ -206,11 +208,19 @@ def test_an_evaluation_raises_each_condition_once_and_resolves_it_when_it_clears
     clear_conditions(engine, scenario)
     clock.advance(60)
     fourth = run()
-    # Then each alert is resolved, none announced again
+    # Then each alert is resolved, none raised again, each resolution announced once
     assert set(scenario.keys) | {"dead_letter_backlog:all"} <= set(fourth.resolved)
     assert open_keys(engine, scenario.business_id) == []
     assert "dead_letter_backlog:all" not in open_keys(engine, None)
     assert recorder.keys_for(scenario.business_id) == scenario.keys
+    assert recorder.keys_for(scenario.business_id, "alert.resolved") == scenario.keys
+    # The system-wide backlog alert is for operators: resolved, never sent to a tenant
+    assert all(d["dedup_key"] != "dead_letter_backlog:all" for _b, _t, d in recorder.events)
+    resolved = [d for _b, t, d in recorder.events if t == "alert.resolved"]
+    assert all(d["resolved_at"] >= d["raised_at"] and d["message"] for d in resolved)
+    # A later evaluation resolves nothing more: no second announcement
+    run()
+    assert recorder.keys_for(scenario.business_id, "alert.resolved") == scenario.keys
 
 
 def test_the_circuit_listener_alerts_at_once_and_resolves_on_close(engine: Engine) -> None:
