@@ -52,9 +52,9 @@ from tasks.sync.set_aside import announce_set_aside, set_aside
 
 
 class Superseded(Exception):
-    """This message's job was re-published under another message (tasks/recovery.py).
-
-    Raised inside a page's transaction, so the page rolls back; the run ends quietly.
+    """This message's job was re-published under another message (tasks/recovery.py), or
+    another run holds the store's lease: the run ends quietly, its page rolled back, and the
+    job is left to the message that owns it or, failing that, to the recovery sweep.
     """
 
 
@@ -229,8 +229,11 @@ class SyncRun:
         announce_set_aside(self.store.business_id, set_aside_ids)  # committed: now tell
         self.pages += 1
         self.done = cursor is not None
-        if not sync_flight().renew(str(store_id), str(self.job.id)):
-            raise ValidationFailure(f"lost the sync lease of store {store_id} to another run")
+        flight, scope, owner = sync_flight(), str(store_id), str(self.job.id)
+        # A lapsed lease (Redis restarted empty, or a page outlasted it) is taken again unless
+        # another run holds it now; then this run yields, and the sweep recovers the job later.
+        if not flight.renew(scope, owner) and not flight.acquire(scope, owner, resume=True):
+            raise Superseded(f"another run holds the sync lease of store {store_id}")
 
     def _save(self, session: Any, upserted: int, deleted: int, cursor: str | None) -> None:
         job_values: dict[str, Any] = {

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 from celery.result import AsyncResult
 from sqlalchemy import Engine, create_engine, select, text
 
 from models import FailedJobArchive, FailureCategory, Provider, SyncJobStatus
 from providers.emulator.runner import EmulatorHandle, running_emulator
+from safeguards.redis_state import key
 from syncguard.db import service_session
 from tasks.recovery import Candidate, overdue_jobs, recover
 from tasks.sync.requests import request_sync, sync_flight
@@ -246,3 +248,24 @@ def test_a_database_fault_closing_an_archived_job_closes_it_on_redelivery(
     assert final.status is SyncJobStatus.ARCHIVED
     assert [a.failure_category for a in archived] == [FailureCategory.VALIDATION]
     assert final.error_message == f"archived as {archived[0].id}"
+
+
+def test_a_sync_whose_redis_markers_vanished_mid_run_still_finishes(
+    engine: Engine, emulator: EmulatorHandle, env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    for i in range(12):
+        mailbox.add(f"order {i}")
+    mailbox.faults(slow_ms=150)
+    with group_worker(env):
+        job_id = request_sync(store_id)
+        assert job_id is not None
+        eventually(lambda: job(engine, job_id).pages_processed >= 1, timeout_s=60)
+        for part in ("pending", "lease", "dirty"):  # Redis restarted without persistence
+            redis_client.delete(key("sync", str(store_id), part))
+        final = wait_for_job(engine, job_id)
+        mailbox.faults()
+        eventually(lambda: not unsettled(engine, [store_id]))
+    assert final.status is SyncJobStatus.SUCCEEDED, final.error_message
+    assert _archive_of(engine, store_id) == []
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
