@@ -24,7 +24,11 @@ from syncguard.cli.main import main
 from syncguard.cli.up import _banner, stack_children
 from syncguard.db import service_session
 from syncguard.settings import Settings
+from tasks.maintenance import heartbeat, mirror_safeguard_state, run_all_cleanup_tasks
+from tasks.queues import QUEUE_NAMES
 from tests.factories import make_business, make_store
+from tests.sync_support import eventually
+from tests.worker import purge_queues, stop
 
 SYNCGUARD = str(Path(sys.executable).with_name("syncguard"))
 URL_VARIABLES = ("DATABASE_URL", "REDIS_URL", "BROKER_URL")
@@ -266,3 +270,30 @@ def test_up_is_quiet_unless_verbose() -> None:
     assert "--logging=warning" in quiet["flower"] and "--logging=info" in loud["flower"]
     assert "--no-access-log" in quiet["emulator"] and "--no-access-log" not in loud["emulator"]
     assert "-v" in loud["demo"] and "-v" not in quiet["demo"]
+
+
+def test_routine_maintenance_runs_leave_no_line_in_a_worker_at_info(tmp_path: Path) -> None:
+    # The safeguard mirror runs every 5 s: at INFO a worker would log two lines a run.
+    purge_queues()
+    log_path = tmp_path / "worker.log"
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-l", "info", "-P", "solo"]
+    argv += ["-Q", ",".join(QUEUE_NAMES), "-n", f"quiet-{uuid.uuid4().hex[:6]}@%h"]
+    argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        eventually(lambda: " ready." in log_path.read_text(), timeout_s=60)
+        for _ in range(3):
+            assert set(mirror_safeguard_state.delay().get(timeout=60)) == {
+                "rate_limits",
+                "circuits",
+            }
+        assert heartbeat.delay().get(timeout=60)["redis_ping"] is True
+        run_all_cleanup_tasks.delay(dry_run=True).get(timeout=120)
+    finally:
+        stop(proc)
+        purge_queues()
+    log = log_path.read_text()
+    assert "mirror_safeguard_state[" not in log and "heartbeat[" not in log
+    # Other tasks keep their lines: the filter is not the worker's level.
+    assert "tasks.maintenance.run_all_cleanup_tasks[" in log and "succeeded in" in log
