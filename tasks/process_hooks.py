@@ -20,6 +20,7 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     beat_init,
+    before_task_publish,
     task_postrun,
     task_prerun,
     worker_init,
@@ -28,7 +29,7 @@ from celery.signals import (
 from opentelemetry import trace
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import Store
+from models import Store, SyncJob
 from syncguard import log_context
 from syncguard.db import dispose_engines, service_session
 from syncguard.logging_config import install_scrubber, use_formatter
@@ -84,15 +85,35 @@ def _observe_tasks(service_name: str) -> None:
 
 
 def _bind_task(task_id: str, task: Task, args: Any = (), kwargs: Any = None, **_: Any) -> None:
-    fields = task_arguments(task, tuple(args or ()), dict(kwargs or {}))
-    if "store_id" in fields and "business_id" not in fields:
-        business_id = business_of(fields["store_id"])
-        if business_id is not None:
-            fields["business_id"] = business_id
+    fields = _with_business(task_arguments(task, tuple(args or ()), dict(kwargs or {})))
     _tokens[task_id] = log_context.bind(task_id=task_id, task_name=task.name, **fields)
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({f"syncguard.{name}": value for name, value in fields.items()})
+
+
+@before_task_publish.connect  # type: ignore[untyped-decorator]
+def _publish_attributes(sender: str | None = None, body: Any = None, **_: Any) -> None:
+    # Connected on import, so before the Celery instrumentation's own handler: the current
+    # span is the publisher's (the webhook request's in the API), which gets the store and
+    # business of the work it enqueues.
+    span = trace.get_current_span()
+    if not span.is_recording() or sender is None:
+        return
+    from tasks import app  # the app this module's package defines (imported after it)
+
+    try:
+        args, kwargs, _embed = body  # Celery's message protocol 2
+    except (TypeError, ValueError):
+        return
+    task = app.tasks.get(sender)
+    if task is not None:
+        fields = task_arguments(task, tuple(args or ()), dict(kwargs or {}))
+    else:  # published by name (the API sends tasks it does not import): the job knows its store
+        fields = _job_scope(kwargs.get("job_id")) if isinstance(kwargs, dict) else {}
+    fields = _with_business(fields)
+    fields.pop("job_id", None)  # a request may cover several jobs; the task span names its own
+    span.set_attributes({f"syncguard.{name}": value for name, value in fields.items()})
 
 
 def _unbind_task(task_id: str, **_: Any) -> None:
@@ -113,6 +134,15 @@ def task_arguments(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return {name: str(bound[name]) for name in BOUND_ARGUMENTS if bound.get(name) is not None}
 
 
+def _with_business(fields: dict[str, str]) -> dict[str, str]:
+    """``fields`` with the business of its store added when the arguments did not name it."""
+    if "store_id" in fields and "business_id" not in fields:
+        business_id = business_of(fields["store_id"])
+        if business_id is not None:
+            fields["business_id"] = business_id
+    return fields
+
+
 @lru_cache(maxsize=STORE_CACHE_SIZE)
 def _cached_business_of(store_id: uuid.UUID) -> str:
     with service_session() as session:
@@ -121,6 +151,21 @@ def _cached_business_of(store_id: uuid.UUID) -> str:
     if business_id is None:
         raise LookupError(store_id)  # not cached: the store may exist by the next task
     return business_id
+
+
+def _job_scope(job_id: object) -> dict[str, str]:
+    """The store and business of sync job ``job_id`` (empty when unknown or not a job id)."""
+    try:
+        with service_session() as session:
+            job = session.get(SyncJob, uuid.UUID(str(job_id)))
+            if job is None:
+                return {}
+            return {"store_id": str(job.store_id), "business_id": str(job.business_id)}
+    except ValueError:
+        return {}
+    except SQLAlchemyError as exc:
+        log.warning("job %s: store not found for the trace attributes: %s", job_id, exc)
+        return {}
 
 
 def business_of(store_id: str) -> str | None:

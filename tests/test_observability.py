@@ -187,6 +187,11 @@ def test_a_notification_yields_one_trace_from_the_webhook_to_the_provider_calls(
     # The run descends from the publish in the API, which descends from the webhook request.
     assert _ancestors(run, by_id)[:1] == ["apply_async/tasks.sync.sync_store"]
     assert "POST /webhooks/gmail" in _ancestors(run, by_id)
+    # The webhook's own span names the store and business it enqueued work for.
+    [webhook] = [s for s in trace if s["name"] == "POST /webhooks/gmail"]
+    assert webhook["attributes"]["syncguard.store_id"] == str(store_id)
+    assert webhook["attributes"]["syncguard.business_id"] == _business_of(engine, store_id)
+    assert webhook["resource"]["attributes"]["service.name"] == "syncguard-api"
     # Every provider call of the run is an httpx span under it, and the guard let it through.
     under_run = [s for s in trace if run["name"] in _ancestors(s, by_id)]
     calls = [s for s in under_run if _is_http_client(s)]
