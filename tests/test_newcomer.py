@@ -75,7 +75,11 @@ def _without_urls(home: Path) -> dict[str, str]:
 # --- point 6: only `up` starts servers ------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [*NEEDS_THE_STACK, ["env"], ["psql"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [*NEEDS_THE_STACK, ["env"], ["psql"], ["api", "--port", "1"], ["demo", "--wait", "0"]],
+    ids=" ".join,
+)
 def test_no_command_but_up_starts_the_embedded_servers(args: list[str], tmp_path: Path) -> None:
     home = tmp_path / "home"
     line = _one_error_line(_run(args, _without_urls(home)))

@@ -108,6 +108,7 @@ def api(host: str, port: int | None) -> None:
 
     settings = get_settings()
     require_production_keys(settings)
+    running_services(settings)  # the stack's database and Redis, or one line on how to start it
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     port = settings.api_port if port is None else port
     uvicorn.run("api:app", host=host, port=port, log_config=log_config(level))
