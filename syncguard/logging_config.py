@@ -60,10 +60,16 @@ UNSCRUBBABLE = "[log line hidden: scrubbing failed]"
 
 # In order: a Bearer credential is masked whole before the key rule could mask part of it.
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Query values: after "?" or "&", a name, "=", then the value up to the next separator.
-    (re.compile(r"([?&][^=&?#\s\"'<>]{1,200}=)[^&#\s\"'<>]*"), rf"\1{REDACTED}"),
+    # Query values: after "?" or "&", a name, "=", then the value up to the next separator;
+    # the separators may arrive percent-encoded (%3F, %26, %3D) in a path a client escaped.
+    (
+        re.compile(r"((?:[?&]|%3[Ff]|%26)[^=&?#%\s\"'<>]{1,200}(?:=|%3[Dd]))[^&#\s\"'<>]*"),
+        rf"\1{REDACTED}",
+    ),
     (re.compile(r"\b((?i:bearer))\s+[A-Za-z0-9\-._~+/]{6,}=*"), rf"\1 {REDACTED}"),
-    (re.compile(r"\b(sg[ks]_)[A-Za-z0-9_-]{6,}"), rf"\1{REDACTED}"),
+    # Keys and session tokens wherever they stand: glued to a word (``k_sgk_…``) or behind an
+    # encoded "=" (``%3Dsgk_…``), where a word boundary would not be.
+    (re.compile(r"(sg[ks]_)[A-Za-z0-9_-]{6,}"), rf"\1{REDACTED}"),
 )
 _PLAIN = (int, float, bool, type(None))
 _EXCEPTION_TEXT = logging.Formatter()

@@ -163,6 +163,11 @@ def test_every_process_that_loads_the_celery_app_scrubs_its_log_records() -> Non
         ("token sgs_abcdefgh in text", f"token sgs_{REDACTED} in text"),
         ("authorization: bearer abc.def-ghi", f"authorization: bearer {REDACTED}"),
         ("GET /dashboard HTTP/1.1", "GET /dashboard HTTP/1.1"),
+        # Encoded separators and keys glued to a word (found by review: all three leaked)
+        ("GET /x?key%3Dsgk_AAAAAAAAAA HTTP/1.1", f"GET /x?key%3D{REDACTED} HTTP/1.1"),
+        ("GET /task/x%3Dsgk_AAAAAAAAAA HTTP/1.1", f"GET /task/x%3Dsgk_{REDACTED} HTTP/1.1"),
+        ("GET /a%3Fkey%3Dsecretvalue HTTP/1.1", f"GET /a%3Fkey%3D{REDACTED} HTTP/1.1"),
+        ("k_sgk_AAAAAAAAAA", f"k_sgk_{REDACTED}"),
         ("who? me = yes", "who? me = yes"),
     ],
 )
