@@ -75,7 +75,13 @@ def login_form(request: Request) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    """Check the typed key; open a session and set its cookie (303 to the page), else 400/401."""
+    """Check the typed key; open a session and set its cookie (303 to the page), else 400/401.
+
+    A POST whose URL has a query string is refused like the GET link: a script that puts the key
+    in the URL as well as the form would otherwise log in with a key that travelled in a URL.
+    """
+    if request.url.query:
+        return page(request, "login.html", {"error": KEY_IN_URL}, 400)
     body = await request.body()
     if len(body) > LOGIN_BODY_MAX_BYTES:
         return page(request, "login.html", {"error": "The login form is too large."}, 413)

@@ -145,6 +145,17 @@ def test_a_key_in_the_login_url_is_refused_and_opens_no_session(
     assert client.get("/dashboard/login").status_code == 200
 
 
+def test_a_login_post_with_the_key_also_in_its_url_is_refused(
+    client: httpx.Client, operator: tuple[uuid.UUID, str]
+) -> None:
+    # Found by review: the form was accepted though the same key travelled in the URL
+    key_id, key = operator
+    response = client.post("/dashboard/login", params={"key": key}, data={"key": key})
+    assert response.status_code == 400 and "not accepted in links" in response.text
+    assert COOKIE not in response.headers.get("set-cookie", "")
+    assert sessions_of(key_id) == []
+
+
 @pytest.mark.parametrize(
     "typed",
     ["a\x00b", "sgk_\x00abc", "sgk_\x01abcdef", "sgk_abc\x7f", "x" * 201, "", "   "],
