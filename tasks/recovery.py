@@ -56,7 +56,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from redis import RedisError
-from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, true, update
 
 from models import FailureCategory, SyncJob, SyncJobStatus
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
@@ -87,10 +87,13 @@ class Candidate:
 
 
 @app.task(name=RECOVER_TASK)  # type: ignore[untyped-decorator]
-def recover_sync_jobs() -> dict[str, int]:
-    """One sweep: counts of jobs ``recovered``, ``exhausted`` (archived) and ``closed``."""
+def recover_sync_jobs(store_ids: list[str] | None = None) -> dict[str, int]:
+    """One sweep: counts of jobs ``recovered``, ``exhausted`` (archived) and ``closed``.
+
+    ``store_ids`` limits the sweep to those stores (Beat sweeps them all).
+    """
     counts = {"recovered": 0, "exhausted": 0, "closed": 0}
-    for candidate in overdue_jobs():
+    for candidate in overdue_jobs(store_ids):
         if candidate.status is SyncJobStatus.RUNNING and _lease_alive(candidate):
             continue
         outcome = recover(candidate)
@@ -101,7 +104,7 @@ def recover_sync_jobs() -> dict[str, int]:
     return counts
 
 
-def overdue_jobs() -> list[Candidate]:
+def overdue_jobs(store_ids: list[str] | None = None) -> list[Candidate]:
     """Unfinished jobs quiet for longer than a live one can be (see the module docstring)."""
     settings = get_settings()
     lease = timedelta(seconds=settings.sync_lease_s)
@@ -127,6 +130,7 @@ def overdue_jobs() -> list[Candidate]:
                 ),
             )
         )
+        .where(SyncJob.store_id.in_([uuid.UUID(s) for s in store_ids]) if store_ids else true())
         .order_by(SyncJob.updated_at)
         .limit(settings.sync_recovery_batch)
     )

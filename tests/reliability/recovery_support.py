@@ -1,5 +1,6 @@
-"""Workers in a process group of their own (so a test can SIGKILL the whole group), a real Beat,
-the recovery settings the tests run with, and the ledger checks every recovery test ends on."""
+"""Workers in a process group of their own (so a test can SIGKILL the whole group), the recovery
+sweep on a timer, the recovery settings the tests run with, and the ledger checks every recovery
+test ends on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from sqlalchemy import Engine
 from models import SyncJob
 from syncguard.settings import get_settings
 from tasks.queues import QUEUE_NAMES
+from tasks.recovery import recover_sync_jobs
 from tasks.sync.requests import sync_flight
 from tests.sync_support import FINAL, jobs_of
 from tests.worker import READY_TIMEOUT_S, purge_queues, stop
@@ -85,22 +88,25 @@ def group_worker(
 
 
 @contextmanager
-def beat(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """A real ``celery -A tasks beat`` with this run's schedule (the sweep every second)."""
-    home = Path(tempfile.mkdtemp(prefix="recovery-beat-"))
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", "info"]
-    argv += ["-s", str(home / "schedule"), "--pidfile", str(home / "beat.pid")]
-    log_path = home / "beat.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, text=True
-        )
+def sweeping(store_ids: list[uuid.UUID]) -> Iterator[None]:
+    """The recovery sweep every ``SYNCGUARD_SYNC_RECOVERY_SWEEP_S``, as Beat runs it, over the
+    stores ``store_ids`` holds at each sweep (only those: other test modules' leftover jobs stay
+    out of this test's workers)."""
+    period_s = float(RECOVERY_ENV["SYNCGUARD_SYNC_RECOVERY_SWEEP_S"])
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(period_s):
+            if store_ids:
+                recover_sync_jobs([str(s) for s in store_ids])
+
+    thread = threading.Thread(target=loop, name="recovery-sweep", daemon=True)
+    thread.start()
     try:
-        _wait_for(proc, log_path, "beat: Starting")
-        yield proc
+        yield
     finally:
-        stop(proc)
-        sys.stderr.write(f"[beat log: {log_path}]\n")
+        done.set()
+        thread.join(timeout=30)
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:
