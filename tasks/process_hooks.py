@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Task
+from celery.concurrency import get_implementation
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -66,8 +67,8 @@ def _fresh_database_pool(**_: Any) -> None:
 @worker_init.connect  # type: ignore[untyped-decorator]
 def _in_process_pool(sender: Any = None, **_: Any) -> None:
     # solo and threads pools run tasks in the worker itself: no worker_process_init there.
-    pool = getattr(sender, "pool_cls", None)
-    if "prefork" not in str(getattr(pool, "__module__", pool)):
+    pool = get_implementation(getattr(sender, "pool_cls", None) or "prefork")
+    if pool.__module__ != "celery.concurrency.prefork":
         _observe_tasks("syncguard-worker")
 
 
