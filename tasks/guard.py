@@ -219,11 +219,21 @@ def _record_success(scope: CallScope, lease_id: str | None, trial_token: str | N
 
 
 def _safely(fn: Callable[..., object], *args: object, **kwargs: object) -> None:
-    """Recording an outcome must never turn a finished call into a failed one."""
+    """Recording an outcome must never turn a finished call into a failed one.
+
+    Nor may it change how a failed call is classified: any other error while recording (an
+    unencodable text, a bug) is logged and counted, and the call's own outcome stands.
+    """
+    which = getattr(fn, "__name__", "safeguard")
     try:
         fn(*args, **kwargs)
     except SafeguardUnavailable as exc:
-        _degraded(getattr(fn, "__name__", "safeguard"), exc, may_refuse=False)
+        _degraded(which, exc, may_refuse=False)
+    except Exception:
+        log.exception("%s failed while recording an outcome; the call's own outcome stands", which)
+        record_metric(
+            MetricType.SAFEGUARDS, "safeguard_record_failed", 1.0, tags={"safeguard": which}
+        )
 
 
 def _degraded(which: str, exc: SafeguardUnavailable, *, may_refuse: bool = True) -> None:

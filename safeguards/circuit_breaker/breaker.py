@@ -31,6 +31,7 @@ from safeguards.circuit_breaker.states import (
 )
 from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.redis_state import LuaScript, get_redis, key, run_script
+from safeguards.storable import storable_text
 from syncguard.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,10 @@ class CircuitBreaker:
     ) -> ScriptReply:
         config = self.config_for(circuit.circuit_name)
         args: list[Any] = [op, repr(self.clock.now()), *config.script_args(), STATE_TTL_S]
-        args += [trial_token or "", failure_reason or "", *self._identity(circuit)]
+        # The failure reason is often a provider's text: made storable, since a lone surrogate
+        # cannot be encoded for Redis and a NUL cannot reach ``circuit_breaker_state``.
+        reason = storable_text(failure_reason or "")
+        args += [trial_token or "", reason, *self._identity(circuit)]
         reply = parse_reply(run_script(self.client, _SCRIPT, _keys(circuit, config), args))
         if reply.previous_state is not None:
             self._on_transition(circuit, reply.previous_state, reply.stats)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models import Business, MetricType, Store, SystemHealthMetric
+from safeguards.storable import storable_json
 from syncguard.db import is_foreign_key_violation, service_session
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,12 @@ def record_metric(
     business_id: uuid.UUID | None = None,
     store_id: uuid.UUID | None = None,
 ) -> None:
-    """Buffer one measurement for the next batched insert."""
+    """Buffer one measurement for the next batched insert.
+
+    Tags often carry a provider's text: they are made storable here, so one unstorable
+    character cannot fail the batch insert of every buffered metric.
+    """
+    clean_tags: dict[str, Any] = storable_json(tags or {})
     METRICS.record(
-        Metric(metric_type, metric_name, metric_value, unit, tags or {}, business_id, store_id)
+        Metric(metric_type, metric_name, metric_value, unit, clean_tags, business_id, store_id)
     )
