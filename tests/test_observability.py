@@ -61,7 +61,9 @@ def api_url(emulator: EmulatorHandle, spool: Path) -> Iterator[str]:
         "SYNCGUARD_TRACE_FILE": str(spool / "api-spans.jsonl"),
     }
     argv = [sys.executable, "-m", "uvicorn", "api:app", "--port", str(port)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         eventually(lambda: _answers(f"{url}/healthz"), timeout_s=30)
         control.put("/push", json={"gmail_push_url": f"{url}/webhooks/gmail"}).raise_for_status()
@@ -114,6 +116,7 @@ def test_a_sync_task_logs_json_lines_bound_to_its_task_job_store_and_business(
     mailbox.add("order #2001")
 
     job_id = request_sync(store_id)
+    assert job_id is not None
     wait_for_job(engine, job_id)
 
     # Celery logs the task's success just after the job row says so.
