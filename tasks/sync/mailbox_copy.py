@@ -9,6 +9,7 @@ rows it accepts commit and only the ones it refuses are returned to be set aside
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, bindparam, delete, func, literal, text
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import bindparam, delete, text
 from sqlalchemy.orm import Session
 
 from models import SyncedMessage
@@ -114,7 +114,6 @@ def _row(store_id: uuid.UUID, message: RemoteMessage) -> dict[str, Any]:
     }
     repaired = storable_fields(raw, _TEXT_BOUNDS)
     row = {
-        "store_id": store_id,
         "provider_message_id": message_key(message.provider_message_id),
         "thread_id": storable_optional(message.thread_id, ID_CHARS),
         "labels": _storable_labels(message.labels),
@@ -149,24 +148,39 @@ def _note(repaired: list[str], unreadable: list[str]) -> dict[str, list[str]]:
     return {key: fields for key, fields in note.items() if fields}
 
 
-def _upsert(rows: list[dict[str, Any]]) -> Any:
-    stmt = insert(SyncedMessage).values(rows)
-    changed = {
-        name: stmt.excluded[name]
-        for name in ("thread_id", "labels", "subject", "sender", "received_at", "size_bytes")
-    }
+# One statement for a whole page, its text constant so psycopg prepares it once per connection:
+# the page travels as one JSON array that ``jsonb_to_recordset`` turns back into typed rows
+# (JSON arrays become ``text[]``, ISO strings ``timestamptz``). Building a fresh multi-row
+# ``INSERT ... VALUES`` per page cost SQLAlchemy more than the database's own work (issue 12).
+_UPSERT = text(
+    "INSERT INTO synced_messages (store_id, provider_message_id, thread_id, labels, subject,"
+    " sender, received_at, size_bytes, provider_version, extra)"
+    " SELECT CAST(:store_id AS uuid), r.provider_message_id, r.thread_id,"
+    " coalesce(r.labels, '{}'), r.subject, r.sender, r.received_at, r.size_bytes,"
+    " r.provider_version, coalesce(r.extra, '{}')"
+    " FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(provider_message_id text,"
+    " thread_id text, labels text[], subject text, sender text, received_at timestamptz,"
+    " size_bytes bigint, provider_version text, extra jsonb)"
+    " ON CONFLICT (store_id, provider_message_id) DO UPDATE SET"
+    " thread_id = excluded.thread_id, labels = excluded.labels, subject = excluded.subject,"
+    " sender = excluded.sender, received_at = excluded.received_at,"
+    " size_bytes = excluded.size_bytes, provider_version = excluded.provider_version,"
     # The repair notes describe the latest version only; other keys of ``extra`` stay.
-    notes = literal([REPAIRED_KEY, UNREADABLE_KEY], ARRAY(Text))
-    extra = SyncedMessage.extra.op("-")(notes).op("||")(stmt.excluded.extra)
-    return stmt.on_conflict_do_update(
-        index_elements=["store_id", "provider_message_id"],
-        set_={
-            **changed,
-            "extra": extra.cast(JSONB),
-            "provider_version": stmt.excluded.provider_version,
-            "updated_at": func.now(),
-        },
-    )
+    f" extra = (synced_messages.extra - ARRAY['{REPAIRED_KEY}', '{UNREADABLE_KEY}'])"
+    " || excluded.extra, updated_at = now()"
+)
+
+
+def _write(session: Session, store_id: uuid.UUID, rows: list[dict[str, Any]]) -> None:
+    """Upsert ``rows`` (``_row`` dicts without their store) in one statement."""
+    payload = json.dumps(rows, default=_json_value, ensure_ascii=False)
+    session.execute(_UPSERT, {"store_id": store_id, "rows": payload})
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def upsert_messages(
@@ -174,8 +188,9 @@ def upsert_messages(
 ) -> Upserted:
     """Insert or update ``messages`` keyed by provider message id; refused rows are returned.
 
-    One statement when the database accepts the page; otherwise (a DataError or
-    IntegrityError, see ``safeguards.storable.DATA_ERRORS``) one savepoint per row.
+    One prepared statement for the page when the database accepts it; otherwise (a DataError
+    or IntegrityError, see ``safeguards.storable.DATA_ERRORS``) one savepoint per row.
+    Idempotent: the same page twice leaves the same rows (only ``updated_at`` moves).
     """
     if not messages:
         return Upserted()
@@ -184,7 +199,7 @@ def upsert_messages(
     rows = [_row(store_id, m) for m in latest.values()]
     try:
         with session.begin_nested():
-            session.execute(_upsert(rows))
+            _write(session, store_id, rows)
         return Upserted(stored=len(rows))
     except DATA_ERRORS as exc:
         log.warning(
@@ -194,7 +209,7 @@ def upsert_messages(
     for row in rows:
         try:
             with session.begin_nested():
-                session.execute(_upsert([row]))
+                _write(session, store_id, [row])
             result.stored += 1
         except DATA_ERRORS as exc:
             result.refused.append(
