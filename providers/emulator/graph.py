@@ -196,7 +196,7 @@ async def delta(request: Request, user_id: str, folder: str) -> JSONResponse:
     params = request.query_params
     cursor = params.get("$skiptoken") or params.get("$deltatoken")
     with ctx.state.lock:
-        since, upto, offset = None, box.seq, 0
+        since, upto, after = None, box.seq, 0
         if cursor is not None:
             data = decode_token(cursor) or {}
             if (
@@ -207,18 +207,19 @@ async def delta(request: Request, user_id: str, folder: str) -> JSONResponse:
             ):
                 raise _stale(ctx)
             since = int(str(data["s"])) if data.get("s") is not None else None
+            after = since or 0
             if "$skiptoken" in params:
-                upto, offset = int(str(data["u"])), int(str(data["o"]))
-        items = _changes(box, folder, since, upto)
+                upto, after = int(str(data["u"])), int(str(data["o"]))
+        items, last = _changes(box, folder, since, after, upto, size)
         epoch = box.delta_epoch
     base = str(request.url.replace(query=""))
     body: dict[str, object] = {
         "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(message)",
-        "value": items[offset : offset + size],
+        "value": items,
     }
     token: dict[str, object] = {"a": box.address, "e": epoch, "f": folder}
-    if offset + size < len(items):
-        token.update(s=since, u=upto, o=offset + size)
+    if last < upto:
+        token.update(s=since, u=upto, o=last)
         body["@odata.nextLink"] = f"{base}?$skiptoken={encode_token(token)}"
     else:
         token.update(s=upto)
@@ -231,21 +232,31 @@ def _stale(ctx: EmulatorContext) -> Exception:
     return graph_error(status, "The sync state generation is not valid.", "syncStateNotFound")
 
 
-def _changes(box: Mailbox, folder: str, since: int | None, upto: int) -> list[dict[str, object]]:
-    """Messages changed in (since, upto] plus deletions, in a stable order."""
-    low = -1 if since is None else since
-    items: list[tuple[str, dict[str, object]]] = [
-        (m.id, graph_message(m))
-        for m in box.messages.values()
-        if m.folder.lower() == folder and low < m.changed_seq <= upto
-    ]
-    if since is not None:
-        items += [
-            (mid, {"id": mid, "@removed": {"reason": "deleted"}})
-            for mid, seq in box.tombstones.items()
-            if since < seq <= upto
-        ]
-    return [item for _, item in sorted(items, key=lambda pair: pair[0])]
+def _changes(
+    box: Mailbox, folder: str, since: int | None, after: int, upto: int, size: int
+) -> tuple[list[dict[str, object]], int]:
+    """Up to ``size`` changes of the round (since, upto] whose sequence is past ``after``.
+
+    Walks the mailbox's change index from ``after`` on, so a page costs its own changes, not
+    the whole mailbox (a round of N messages was O(N^2) when each page re-read every message).
+    A change superseded by a later one (a relabel, a deletion) is skipped at its old sequence
+    and served at its latest one, once, in sequence order. Returns the items and the last
+    sequence read: the next page's offset, ``upto`` when the round is complete.
+    """
+    items: list[dict[str, object]] = []
+    seq = after
+    while seq < upto and len(items) < size:
+        seq += 1
+        message_id = box.changes.get(seq)
+        if message_id is None:
+            continue
+        message = box.messages.get(message_id)
+        if message is not None and message.changed_seq == seq:
+            if message.folder.lower() == folder:
+                items.append(graph_message(message))
+        elif since is not None and box.tombstones.get(message_id) == seq:
+            items.append({"id": message_id, "@removed": {"reason": "deleted"}})
+    return items, seq
 
 
 def graph_message(message: Message) -> dict[str, object]:

@@ -128,6 +128,9 @@ class Mailbox:
     history: list[HistoryRecord] = field(default_factory=list)
     seq: int = 0
     tombstones: dict[str, int] = field(default_factory=dict)
+    #: Delta sequence number -> the message it changed (added, relabelled or deleted), so a
+    #: delta page reads only the changes after its cursor instead of the whole mailbox.
+    changes: dict[int, str] = field(default_factory=dict)
     delta_epoch: int = 0
     watch: Watch | None = None
     faults: Faults = field(default_factory=Faults)
@@ -206,9 +209,10 @@ class EmulatorState:
                 raise EmulatorError(404, f"no mailbox {address}")
             return box
 
-    def _bump(self, box: Mailbox) -> tuple[int, int]:
+    def _bump(self, box: Mailbox, message_id: str) -> tuple[int, int]:
         box.history_id += 1
         box.seq += 1
+        box.changes[box.seq] = message_id
         return box.history_id, box.seq
 
     def add_message(self, address: str, message: Message) -> Change:
@@ -224,7 +228,7 @@ class EmulatorState:
             if message.id in box.messages:
                 raise EmulatorError(409, f"message {message.id} exists")
             message.thread_id = message.thread_id or message.id
-            message.history_id, message.changed_seq = self._bump(box)
+            message.history_id, message.changed_seq = self._bump(box, message.id)
             box.messages[message.id] = message
             box.tombstones.pop(message.id, None)
             box.history.append(HistoryRecord(message.history_id, _ref(message), "messageAdded"))
@@ -237,7 +241,7 @@ class EmulatorState:
             message = box.messages.pop(message_id, None)
             if message is None:
                 raise EmulatorError(404, f"no message {message_id}")
-            history_id, seq = self._bump(box)
+            history_id, seq = self._bump(box, message_id)
             box.tombstones[message_id] = seq
             box.history.append(HistoryRecord(history_id, _ref(message), "messageDeleted"))
             return Change(address, "deleted", message_id, tuple(message.labels), history_id)
@@ -252,7 +256,7 @@ class EmulatorState:
             added = [lb for lb in dict.fromkeys(add) if lb not in message.labels]
             removed = [lb for lb in dict.fromkeys(remove) if lb in message.labels]
             message.labels = [lb for lb in message.labels if lb not in removed] + added
-            message.history_id, message.changed_seq = self._bump(box)
+            message.history_id, message.changed_seq = self._bump(box, message.id)
             ref = _ref(message)
             if added:
                 box.history.append(HistoryRecord(box.history_id, ref, "labelAdded", tuple(added)))
