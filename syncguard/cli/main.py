@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models import Store
 from syncguard.cli.api_key import api_key
+from syncguard.cli.audit import audit
 from syncguard.cli.cleanup import cleanup
 from syncguard.cli.dlq import dlq
 from syncguard.cli.env import env, psql
@@ -46,7 +47,7 @@ def main(verbose: bool) -> None:
 
 
 # Running it (`up` alone starts servers) and operating it: one module each.
-for _command in (up, status, dlq, store, cleanup, api_key, env, psql):
+for _command in (up, status, dlq, store, cleanup, api_key, env, psql, audit):
     main.add_command(_command)
 
 
