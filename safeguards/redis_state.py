@@ -43,11 +43,17 @@ class LuaScript:
 
     package: str
     name: str
+    #: Scripts this one calls as Lua functions named after them, ``name(KEYS, ARGV)``: Redis
+    #: cannot call one script from another, so a composite is their texts in one chunk (one
+    #: round trip, one atomic step).
+    includes: tuple[LuaScript, ...] = ()
 
     @cached_property
     def source(self) -> str:
-        """The script's text, read once per process."""
-        return resources.files(self.package).joinpath(f"{self.name}.lua").read_text()
+        """The script's text (with its includes wrapped as local functions), read once."""
+        own = resources.files(self.package).joinpath(f"{self.name}.lua").read_text()
+        wrapped = [f"local function {s.name}(KEYS, ARGV)\n{s.source}\nend\n" for s in self.includes]
+        return "".join(wrapped) + own
 
     def on(self, client: redis.Redis) -> Script:
         """This script registered on ``client`` once (EVALSHA, loaded on first use)."""

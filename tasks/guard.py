@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models import CircuitState, MetricType, Provider
-from safeguards.circuit_breaker.breaker import (
-    check_circuit_breaker,
-    circuit_stats,
-    record_circuit_breaker_result,
-)
+from safeguards.admission import admit, settle
 from safeguards.errors import (
     CallFailure,
     CircuitOpen,
@@ -29,11 +25,7 @@ from safeguards.errors import (
 )
 from safeguards.health_metrics.prometheus import count_decision
 from safeguards.health_metrics.recorder import record_metric
-from safeguards.rate_limit.limiter import (
-    check_rate_limit,
-    get_rate_limiter,
-    record_rate_limit_request,
-)
+from safeguards.rate_limit.limiter import get_rate_limiter
 from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
 from syncguard.settings import get_settings
 from tasks.trace_events import guard_decision
@@ -77,22 +69,27 @@ PREFLIGHT_COST = 1
 def preflight(scope: CallScope) -> None:
     """Fail fast at job start: refuse when the circuit is open or the limiter has no room.
 
-    Reads only: no half-open trial is reserved and no quota is consumed.
+    Reads only (one round trip): no half-open trial is reserved and no quota is consumed.
     """
     try:
-        stats = circuit_stats(scope.store_id, scope.circuit_name)
-        rate = get_rate_limiter().test(
-            str(scope.store_id), "preflight", provider=scope.provider, cost=PREFLIGHT_COST
+        admission = admit(
+            scope.store_id,
+            scope.circuit_name,
+            scope.provider,
+            "preflight",
+            cost=PREFLIGHT_COST,
+            consume=False,
         )
     except SafeguardUnavailable as exc:
         _degraded("preflight", exc)
         return
+    stats, rate = admission.circuit.stats, admission.rate
     wait_s = stats.next_attempt_at.timestamp() - time.time() if stats.next_attempt_at else 0.0
     if stats.state is CircuitState.OPEN and wait_s > 0:
         raise CircuitOpen(
             f"circuit {scope.circuit_name!r} of store {scope.store_id} is open", wait_s
         )
-    if not rate.allowed:
+    if rate is not None and not rate.allowed:
         raise RateLimited(
             f"{scope.provider} for store {scope.store_id}: {rate.reason}", rate.retry_after_s
         )
@@ -108,12 +105,13 @@ def guarded_call(
 ) -> Iterator[None]:
     """Admit one call through circuit and limiter, then record its outcome in both.
 
-    Raises CircuitOpen / RateLimited when refused; re-raises the call's own error after
-    recording it, converted to its CallFailure when ``classify`` recognises it.
+    One Redis round trip before the call (``safeguards.admission.admit``) and one after
+    (``settle``); a provider throttle adds one. Raises CircuitOpen / RateLimited when refused;
+    re-raises the call's own error after recording it, converted to its CallFailure when
+    ``classify`` recognises it.
     """
     try:
-        trial_token = _admit_circuit(scope)
-        lease_id = _admit_rate(scope, operation, cost, trial_token)
+        trial_token, lease_id = _admit(scope, operation, cost)
     except Refused as refused:
         guard_decision(scope, operation, refused)  # an event on the task's trace span
         raise
@@ -127,95 +125,69 @@ def guarded_call(
             raise failure from exc
         raise
     else:
-        _record_success(scope, lease_id, trial_token)
+        _safely(
+            settle,
+            scope.store_id,
+            scope.circuit_name,
+            scope.provider,
+            lease_id=lease_id,
+            succeeded=True,
+            counted=True,
+            trial_token=trial_token,
+        )
 
 
-def _admit_circuit(scope: CallScope) -> str | None:
-    """Admit through the circuit; returns the half-open trial's token when one was reserved."""
+def _admit(scope: CallScope, operation: str, cost: int | None) -> tuple[str | None, str | None]:
+    """Admit through circuit then limiter; returns (half-open trial token, lease id)."""
     try:
-        decision = check_circuit_breaker(scope.store_id, scope.circuit_name)
+        admission = admit(scope.store_id, scope.circuit_name, scope.provider, operation, cost=cost)
     except SafeguardUnavailable as exc:
-        count_decision("circuit_breaker", "unavailable")
-        _degraded("circuit_breaker", exc)
-        return None
-    count_decision("circuit_breaker", "allowed" if decision.allowed else "refused")
-    if not decision.allowed:
+        for which in ("circuit_breaker", "rate_limit"):
+            count_decision(which, "unavailable")
+            _degraded(which, exc)
+        return None, None
+    circuit, rate = admission.circuit, admission.rate
+    count_decision("circuit_breaker", "allowed" if circuit.allowed else "refused")
+    if not circuit.allowed or rate is None:
         raise CircuitOpen(
-            f"circuit {scope.circuit_name!r} of store {scope.store_id} is {decision.state}",
-            decision.retry_after_s,
+            f"circuit {scope.circuit_name!r} of store {scope.store_id} is {circuit.stats.state}",
+            circuit.retry_after_s,
         )
-    return decision.trial_token
-
-
-def _admit_rate(
-    scope: CallScope, operation: str, cost: int | None, trial_token: str | None
-) -> str | None:
-    try:
-        decision = check_rate_limit(scope.store_id, operation, provider=scope.provider, cost=cost)
-    except SafeguardUnavailable as exc:
-        count_decision("rate_limit", "unavailable")
-        _degraded("rate_limit", exc)
-        return None
-    count_decision("rate_limit", "allowed" if decision.allowed else "refused")
-    if not decision.allowed:
-        if trial_token:  # give the half-open trial back: this call never happened
-            _safely(
-                record_circuit_breaker_result,
-                scope.store_id,
-                scope.circuit_name,
-                None,
-                trial_token=trial_token,
-            )
+    count_decision("rate_limit", "allowed" if rate.allowed else "refused")
+    if not rate.allowed:  # the script gave the half-open trial back: this call never happened
         raise RateLimited(
-            f"{scope.provider} {operation} for store {scope.store_id}: {decision.reason}",
-            decision.retry_after_s,
+            f"{scope.provider} {operation} for store {scope.store_id}: {rate.reason}",
+            rate.retry_after_s,
         )
-    return decision.lease_id
+    return circuit.trial_token, rate.lease_id
 
 
 def _record(
     scope: CallScope, failure: CallFailure | None, lease_id: str | None, trial_token: str | None
 ) -> None:
+    # Only transient failures are the provider's ill health; the rest are ignored outcomes.
+    counted: bool | None = False if isinstance(failure, TransientFailure) else None
+    _safely(
+        settle,
+        scope.store_id,
+        scope.circuit_name,
+        scope.provider,
+        lease_id=lease_id,
+        succeeded=False,
+        counted=counted,
+        trial_token=trial_token,
+        failure_reason=str(failure) if failure is not None else None,
+    )
     # A provider's Retry-After blocks the store for every worker whatever the status came
     # with (a 503 as much as a 429); a throttle without one backs off in the limiter itself.
     retry_after = failure.retry_after_s if failure is not None else None
-    _safely(
-        record_rate_limit_request,
-        scope.store_id,
-        False,
-        provider=scope.provider,
-        lease_id=lease_id,
-        retry_after_s=retry_after,
-        throttled=isinstance(failure, ThrottledFailure) or retry_after is not None,
-    )
-    # Only transient failures are the provider's ill health; the rest are ignored outcomes.
-    counted: bool | None = False if isinstance(failure, TransientFailure) else None
-    reason = str(failure) if failure is not None else None
-    _safely(
-        record_circuit_breaker_result,
-        scope.store_id,
-        scope.circuit_name,
-        counted,
-        failure_reason=reason,
-        trial_token=trial_token,
-    )
-
-
-def _record_success(scope: CallScope, lease_id: str | None, trial_token: str | None) -> None:
-    _safely(
-        record_rate_limit_request,
-        scope.store_id,
-        True,
-        provider=scope.provider,
-        lease_id=lease_id,
-    )
-    _safely(
-        record_circuit_breaker_result,
-        scope.store_id,
-        scope.circuit_name,
-        True,
-        trial_token=trial_token,
-    )
+    if isinstance(failure, ThrottledFailure) or retry_after is not None:
+        _safely(
+            get_rate_limiter().throttle,
+            str(scope.store_id),
+            retry_after,
+            provider=scope.provider,
+        )
 
 
 def _safely(fn: Callable[..., object], *args: object, **kwargs: object) -> None:

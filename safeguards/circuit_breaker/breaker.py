@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 STATE_TTL_S = 7 * 24 * 3600
 #: Redis key kind of the state hash (the sliding window and trials use derived kinds).
 KEY_KIND = "circuit"
-_SCRIPT = LuaScript("safeguards.circuit_breaker", "circuit_breaker")
+#: The state machine; also included (as a Lua function) by ``safeguards.admission``'s scripts.
+SCRIPT = LuaScript("safeguards.circuit_breaker", "circuit_breaker")
 
 #: Called as (store_id, circuit_name, old_state, new_state, stats) on every transition.
 Listener = Callable[[uuid.UUID | None, str, CircuitState, CircuitState, CircuitStats], None]
@@ -104,11 +105,20 @@ class CircuitBreaker:
         return self.configs.get(circuit_name, self.config)
 
     def allow(
-        self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+        self,
+        store_id: uuid.UUID | None,
+        circuit_name: str,
+        *,
+        business_id: uuid.UUID | None = None,
+        brief: bool = False,
     ) -> CircuitDecision:
-        """May a call go ahead now? Reserves a trial slot when the circuit is half-open."""
+        """May a call go ahead now? Reserves a trial slot when the circuit is half-open.
+
+        ``brief`` skips reading the counters back (the decision's counters read 0) unless the
+        state changed: the hot path needs only allowed, state, retry-after and the trial.
+        """
         circuit = CircuitId(store_id, circuit_name, business_id)
-        return self._run(circuit, "allow").decision
+        return self._run(circuit, "allow", brief=brief).decision
 
     def record(
         self,
@@ -176,14 +186,34 @@ class CircuitBreaker:
         *,
         trial_token: str | None = None,
         failure_reason: str | None = None,
+        brief: bool = False,
     ) -> ScriptReply:
+        keys, args = self.script_call(
+            circuit, op, trial_token=trial_token, failure_reason=failure_reason, brief=brief
+        )
+        return self.finish(circuit, run_script(self.client, SCRIPT, keys, args))
+
+    def script_call(
+        self,
+        circuit: CircuitId,
+        op: str,
+        *,
+        trial_token: str | None = None,
+        failure_reason: str | None = None,
+        brief: bool = False,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one run of the script (for a composite script to run it too)."""
         config = self.config_for(circuit.circuit_name)
         args: list[Any] = [op, repr(self.clock.now()), *config.script_args(), STATE_TTL_S]
         # The failure reason is often a provider's text: made storable, since a lone surrogate
         # cannot be encoded for Redis and a NUL cannot reach ``circuit_breaker_state``.
         reason = storable_text(failure_reason or "")
         args += [trial_token or "", reason, *self._identity(circuit)]
-        reply = parse_reply(run_script(self.client, _SCRIPT, _keys(circuit, config), args))
+        return _keys(circuit, config), [*args, "1" if brief else "0"]
+
+    def finish(self, circuit: CircuitId, raw: list[Any]) -> ScriptReply:
+        """Decode one run's reply; a transition is written through and announced."""
+        reply = parse_reply(raw)
         if reply.previous_state is not None:
             self._on_transition(circuit, reply.previous_state, reply.stats)
         return reply

@@ -27,10 +27,11 @@ local reason = ARGV[17]                     -- the failure's reason; '' = none
 local store_id = ARGV[18]                   -- '' for a business-wide circuit
 local business_id = ARGV[19]                -- '' when unknown
 local circuit_name = ARGV[20]
+local brief = ARGV[21] == '1'               -- reply without the hash unless a transition
 
 -- Returns (decoded by states.parse_reply): allowed, retry_after_s, trial_token,
 -- previous_state ('' = no transition), window_calls, window_failures, then the state
--- hash's field/value pairs.
+-- hash's field/value pairs ('state' first; only that pair when brief and no transition).
 
 local state = redis.call('HGET', h, 'state') or 'closed'
 local previous = ''
@@ -191,6 +192,9 @@ elseif op ~= 'peek' then
 end
 
 local calls, failures = window_counts()
-local reply = {allowed, tostring(retry_after), granted, previous, calls, failures}
-for _, v in ipairs(redis.call('HGETALL', h)) do reply[#reply + 1] = v end
+local reply = {allowed, tostring(retry_after), granted, previous, calls, failures, 'state', state}
+-- The hot path (a decision, an outcome) needs no counters back unless the state changed.
+if not brief or previous ~= '' then
+  for _, v in ipairs(redis.call('HGETALL', h)) do reply[#reply + 1] = v end
+end
 return reply

@@ -1,7 +1,11 @@
 """Prometheus counters and histograms kept in Redis: every worker on every host adds to one total.
 
 Each observation is one MULTI/EXEC pipeline of HINCRBY / HINCRBYFLOAT on hashes under the
-configured key prefix (one hash tag, so it also runs on Redis Cluster). A scrape reads the hashes
+configured key prefix (one hash tag, so it also runs on Redis Cluster). The hottest counter, the
+safeguards' decisions (two per guarded call), is summed in process instead and rides along with
+the next observation's MULTI (every task run sends one), or is flushed by a background thread
+within ``FLUSH_INTERVAL_S`` / once ``FLUSH_EVENTS`` are pending: HINCRBY of a sum adds up to
+the same total across processes and hosts. A scrape reads the hashes
 back (``RedisCounterCollector``) and adds gauges read at scrape time from PostgreSQL and the broker.
 Recording never fails the caller: when Redis is unreachable the observation is skipped, logged,
 and counted into ``system_health_metrics`` as ``prometheus_observations_lost``.
@@ -9,9 +13,11 @@ and counted into ``system_health_metrics`` as ``prometheus_observations_lost``.
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import json
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 TASK_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Upper bounds of the inbound webhook latency buckets, seconds.
 WEBHOOK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Buffered counter increments flushed at the latest after this many seconds ...
+FLUSH_INTERVAL_S = 1.0
+#: ... or once this many are pending.
+FLUSH_EVENTS = 500
 #: Hash tag shared by every counter key: one observation's MULTI stays on one Cluster slot.
 KEY_SCOPE = "prometheus"
 
@@ -144,16 +154,63 @@ class CounterStore:
         self._down_until = 0.0
         #: Observations skipped or failed and not yet reported to system_health_metrics.
         self.lost = 0
+        #: Summed increments not yet sent: {(hash key, field): amount}, and this process's id.
+        self._pending: dict[tuple[str, str], int] = defaultdict(int)
+        self._pending_events = 0
+        self._owner = os.getpid()
+        self._flusher: threading.Thread | None = None
+
+    def add(self, family: Family, values: tuple[str, ...], amount: int = 1) -> None:
+        """Buffer one counter increment; sent with the next observation or flush."""
+        with self._lock:
+            self._adopt()
+            self._pending[(family.redis_key(), _field(values))] += amount
+            self._pending_events += 1
+            full = self._pending_events >= FLUSH_EVENTS
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_forever, name="prometheus-flush", daemon=True
+                )
+                self._flusher.start()
+        if full:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered increments now (True when there were none to send)."""
+        return self.send(lambda pipe: None) if self._pending_events else True
+
+    def _adopt(self) -> None:
+        # A forked child inherits the parent's buffer (the parent sends it) but not its thread.
+        if self._owner != os.getpid():
+            self._owner, self._flusher = os.getpid(), None
+            self._pending, self._pending_events = defaultdict(int), 0
+
+    def _drain(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            self._adopt()
+            pending, self._pending, self._pending_events = self._pending, defaultdict(int), 0
+        return pending
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
 
     def send(self, build: Callable[[Pipeline], None]) -> bool:
-        """Run ``build``'s commands in one MULTI/EXEC; False (logged, counted) when it failed."""
+        """Run ``build``'s commands and the buffered increments in one MULTI/EXEC.
+
+        False (logged, counted) when it failed; the buffered increments are then lost too.
+        """
         settings = get_settings()
         now = time.monotonic()
         if now < self._down_until:
             self._lose(None)
             return False
         try:
+            pending = self._drain()
             with self._client().pipeline(transaction=True) as pipe:
+                for (hkey, field), amount in pending.items():
+                    pipe.hincrby(hkey, field, amount)
                 build(pipe)
                 pipe.execute()
         except redis.RedisError as exc:
@@ -200,6 +257,7 @@ def _default_client() -> redis.Redis:
 
 #: The process's writer (its client is a pool shared by threads; fork-safe in redis-py).
 COUNTERS = CounterStore()
+atexit.register(COUNTERS.flush)
 
 
 def count_task(task: str, outcome: str, duration_s: float) -> None:
@@ -213,8 +271,8 @@ def count_task(task: str, outcome: str, duration_s: float) -> None:
 
 
 def count_decision(safeguard: Safeguard, decision: Decision) -> None:
-    """Count one admission decision of a safeguard."""
-    COUNTERS.send(lambda pipe: _inc(pipe, SAFEGUARD_DECISIONS, (safeguard, decision)))
+    """Count one admission decision of a safeguard (buffered: see the module docstring)."""
+    COUNTERS.add(SAFEGUARD_DECISIONS, (safeguard, decision))
 
 
 def count_webhook(

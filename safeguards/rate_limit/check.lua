@@ -120,11 +120,14 @@ if mode == 'hit' then
         for w = 1, (cost > 0) and 3 or 0 do
             local zkey, hkey, length, bucket = unpack(windows[w])
             local idx = math.floor(now / bucket)
-            redis.call('ZADD', zkey, idx, idx)
-            redis.call('HINCRBY', hkey, idx, cost)
             used[w] = redis.call('HINCRBY', hkey, 't', cost)
-            redis.call('PEXPIRE', zkey, length + bucket)
-            redis.call('PEXPIRE', hkey, length + bucket)
+            redis.call('HINCRBY', hkey, idx, cost)
+            -- A bucket's keys must outlive it: set when it opens (now >= idx * bucket), the
+            -- expiry already covers every later hit in the same bucket.
+            if redis.call('ZADD', zkey, idx, idx) == 1 then
+                redis.call('PEXPIRE', zkey, length + bucket)
+                redis.call('PEXPIRE', hkey, length + bucket)
+            end
         end
         if lease_id ~= '' then
             redis.call('ZADD', leases, now + lease_ttl, lease_id)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -45,6 +46,7 @@ from safeguards.rate_limit.store import StoreLimitSource, upsert_usage
 from safeguards.redis_state import LuaScript, get_redis, key, run_script
 
 __all__ = [
+    "PendingDecision",
     "RateLimitDecision",
     "RateLimitUsage",
     "RateLimiter",
@@ -70,6 +72,20 @@ _KIND = "ratelimit"
 CHECK = LuaScript("safeguards.rate_limit", "check")
 RELEASE = LuaScript("safeguards.rate_limit", "release")
 THROTTLE = LuaScript("safeguards.rate_limit", "throttle")
+
+
+@dataclass(frozen=True)
+class PendingDecision:
+    """A decision's script inputs and what its reply is read against."""
+
+    keys: list[str]
+    args: list[Any]
+    provider: Provider
+    sid: str
+    operation_type: str
+    units: int
+    limits: RateLimits
+    lease: str
 
 
 def _ms(seconds: float) -> int:
@@ -132,9 +148,7 @@ class RateLimiter:
     ) -> None:
         """Give back a lease (if any) and count the call's outcome (if known)."""
         prov = provider or self.stores.provider(str(store_id))
-        outcome = "" if success is None else ("success" if success else "failure")
-        keys = [self._key(prov, str(store_id), "leases"), self._key(prov, str(store_id), "stats")]
-        run_script(self.client, RELEASE, keys, [lease_id or "", outcome])
+        run_script(self.client, RELEASE, *self.release_call(store_id, lease_id, prov, success))
 
     def throttle(
         self, store_id: str, retry_after_s: float | None, *, provider: Provider | None = None
@@ -191,25 +205,46 @@ class RateLimiter:
     def _decide(
         self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
     ) -> RateLimitDecision:
+        pending = self.prepare(mode, sid, operation_type, provider, cost)
+        return self.finish(pending, run_script(self.client, CHECK, pending.keys, pending.args))
+
+    def prepare(
+        self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
+    ) -> PendingDecision:
+        """One ``hit`` or ``test`` made ready to run (by CHECK, or a script including it)."""
         prov = provider or self.stores.provider(sid)
         units = self.costs[prov].of(operation_type) if cost is None else cost
         limits = self.limits_for(prov, sid)
         lease = uuid.uuid4().hex if mode == "hit" and limits.concurrency > 0 else ""
-        raw = run_script(self.client, CHECK, *self._call(mode, prov, sid, units, limits, lease))
+        keys, args = self._call(mode, prov, sid, units, limits, lease)
+        return PendingDecision(keys, args, prov, sid, operation_type, units, limits, lease)
+
+    def finish(self, pending: PendingDecision, raw: list[Any]) -> RateLimitDecision:
+        """The decision from CHECK's reply (announcing a store touched for the first time)."""
         decided = reply.decode_check(raw)
-        self._announce(prov, sid, decided.first_touch)
+        self._announce(pending.provider, pending.sid, decided.first_touch)
+        lease = pending.lease
         return RateLimitDecision(
             allowed=decided.allowed,
             retry_after_s=decided.retry_after_ms / 1000,
             reason=decided.reason,
-            windows=reply.windows(limits, decided),
+            windows=reply.windows(pending.limits, decided),
             throttled_until=reply.throttled_until(decided),
             lease_id=lease if decided.allowed and lease else None,
-            store_id=sid,
-            provider=prov,
-            operation_type=operation_type,
-            cost=units,
+            store_id=pending.sid,
+            provider=pending.provider,
+            operation_type=pending.operation_type,
+            cost=pending.units,
         )
+
+    def release_call(
+        self, store_id: str, lease_id: str | None, provider: Provider, success: bool | None
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``release`` (for a script including RELEASE)."""
+        outcome = "" if success is None else ("success" if success else "failure")
+        sid = str(store_id)
+        keys = [self._key(provider, sid, "leases"), self._key(provider, sid, "stats")]
+        return keys, [lease_id or "", outcome]
 
     def _call(
         self, mode: str, prov: Provider, sid: str, cost: int, limits: RateLimits, lease: str = ""
