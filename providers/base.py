@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
+
+from providers.errors import ProviderPayloadError
 
 _T = TypeVar("_T")
 
@@ -100,6 +104,39 @@ class RemoteMessage:
 
 
 @dataclass(frozen=True)
+class UnreadableItem:
+    """One item of a page that cannot be synced on its own: the provider refused to serve it
+    (a Gmail 400 on its ``messages.get``) or served it without a required field. The sync sets
+    it aside (archived, counted, logged) and the rest of its page commits."""
+
+    #: The item's id when it has a usable one; else a stable digest of the item (``unread:...``).
+    provider_message_id: str
+    #: Short kind, a metric label: ``ProviderPayloadError``, ``ProviderRequestError 400``...
+    error: str
+    #: What was wrong, for operators (never the item's contents).
+    reason: str
+
+
+def unreadable_item(item: Any, error: str, reason: str) -> UnreadableItem:
+    """An UnreadableItem for a raw page item: its id when readable, else a digest of it."""
+    raw = item.get("id") if isinstance(item, Mapping) else None
+    if isinstance(raw, str) and raw:
+        return UnreadableItem(raw, error, reason)
+    text = json.dumps(item, sort_keys=True, default=str).encode("utf-8", "surrogatepass")
+    return UnreadableItem(f"unread:{hashlib.sha256(text).hexdigest()[:32]}", error, reason)
+
+
+def required_id(value: Any, provider: str, what: str) -> str:
+    """A required id field (``id``, ``message.id``): a non-empty string or an int.
+
+    Raises ProviderPayloadError otherwise (missing, null, a list...)."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        kind = "missing" if value is None else f"a {type(value).__name__}"
+        raise ProviderPayloadError(f"{what}: required id is {kind}", provider=provider)
+    return str(value)
+
+
+@dataclass(frozen=True)
 class LabelChange:
     """Labels added to and removed from one message (Gmail history only)."""
 
@@ -117,6 +154,8 @@ class FullPage:
     next_page_token: str | None
     #: Where incremental sync starts after this listing (historyId, deltaLink); last page only.
     cursor: str | None
+    #: Items of this page that cannot be synced; set aside while the page commits.
+    unreadable: list[UnreadableItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -129,6 +168,8 @@ class ChangesPage:
     label_changes: list[LabelChange] = field(default_factory=list)
     next_page_token: str | None = None
     cursor: str | None = None
+    #: Items of this page that cannot be synced; set aside while the page commits.
+    unreadable: list[UnreadableItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

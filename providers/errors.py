@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -60,6 +62,45 @@ class CursorExpired(ProviderError):
 
 class ProviderRequestError(ProviderError):
     """A permanent refusal of this request (other 4xx, e.g. insufficient permissions)."""
+
+
+class ProviderPayloadError(ProviderRequestError):
+    """A provider answer we cannot read: a required field missing or of the wrong shape.
+
+    Permanent, like any refusal of the request: the same answer fails the same way on every
+    retry. Raised only by the adapters' parsing (``payload_errors``), so a KeyError elsewhere
+    in our code is never mistaken for one.
+    """
+
+
+def request_error_status(exc: BaseException) -> int | None:
+    """The HTTP status of the ProviderRequestError ``exc`` is, or was raised from; else None.
+
+    A call guard may re-raise the adapter's error as its own failure type (``raise ... from``),
+    so a caller that handles one status (a 404: gone) looks along the cause chain.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProviderRequestError):
+            return seen.status
+        seen = seen.__cause__
+    return None
+
+
+@contextmanager
+def payload_errors(provider: str, what: str) -> Iterator[None]:
+    """Turn a KeyError/TypeError/ValueError/AttributeError/IndexError raised while parsing a
+    provider's answer (``what``, e.g. "history.list") into a ProviderPayloadError.
+
+    Wrap parsing only, never an HTTP request: the request's own errors keep their meaning.
+    """
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+        raise ProviderPayloadError(
+            f"{what}: unreadable answer ({detail})", provider=provider
+        ) from exc
 
 
 def error_body(response: httpx.Response) -> dict[str, Any]:

@@ -17,22 +17,28 @@ from providers.base import (
     LabelChange,
     RemoteMessage,
     Subscription,
+    UnreadableItem,
     from_epoch_ms,
     lenient,
     no_guard,
     optional_text,
+    required_id,
     resolve_costs,
     text_items,
+    unreadable_item,
 )
 from providers.errors import (
     CursorExpired,
     ProviderError,
+    ProviderPayloadError,
     ProviderRequestError,
     ProviderThrottled,
     ProviderUnavailable,
     error_body,
     error_code,
     error_message,
+    payload_errors,
+    request_error_status,
 )
 from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
 
@@ -59,6 +65,11 @@ MAX_PAGE_SIZE = 500
 THROTTLE_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded", "dailyLimitExceeded"})
 #: History record types fetched by default.
 HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
+#: ``messages.get`` statuses about the one message, not the call: gone since it was listed
+#: (skipped, as a deletion), or refused on its own, e.g. an id Gmail calls invalid (set aside).
+#: 401/403/429/5xx concern the mailbox or the provider and fail the whole page as before.
+GONE_STATUSES = frozenset({404, 410})
+BAD_ITEM_STATUSES = frozenset({400})
 
 
 def _reasons(response: httpx.Response) -> list[str]:
@@ -104,9 +115,11 @@ def _size(value: Any) -> int | None:
 def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
     """A ``messages.get`` (format=metadata) answer as a RemoteMessage.
 
-    Raises KeyError without an ``id``; any other field Gmail sends in a shape we cannot read
-    is left empty and named in ``unreadable`` (one odd message must not fail its page).
+    Raises ProviderPayloadError without a usable ``id``; any other field Gmail sends in a
+    shape we cannot read is left empty and named in ``unreadable`` (one odd message must not
+    fail its page).
     """
+    message_id = required_id(body.get("id"), PROVIDER, "messages.get")
     unreadable: list[str] = []
     thread_id = lenient(optional_text, body.get("threadId"), "thread_id", unreadable)
     labels = text_items(body.get("labelIds"), "labels", unreadable)
@@ -115,7 +128,7 @@ def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
     received_at = lenient(from_epoch_ms, body.get("internalDate"), "received_at", unreadable)
     size = lenient(_size, body.get("sizeEstimate"), "size_bytes", unreadable)
     return RemoteMessage(
-        provider_message_id=str(body["id"]),
+        provider_message_id=message_id,
         thread_id=thread_id,
         labels=labels,
         subject=subject,
@@ -125,6 +138,40 @@ def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
         version=str(body["historyId"]) if body.get("historyId") is not None else None,
         unreadable=tuple(unreadable),
     )
+
+
+def _ref_id(ref: Any, unreadable: list[UnreadableItem]) -> str | None:
+    """The id of a ``messages.list`` entry; None, the entry set aside, when it has none."""
+    try:
+        return required_id(ref.get("id") if isinstance(ref, Mapping) else None, PROVIDER, "ref")
+    except ProviderPayloadError as exc:
+        unreadable.append(unreadable_item(ref, type(exc).__name__, f"messages.list: {exc}"))
+        return None
+
+
+def _history_ids(record: Any, kind: str, unreadable: list[UnreadableItem]) -> list[str]:
+    """The message ids of one kind of a history record; items without one are set aside."""
+    ids = []
+    for item in record.get(kind) or []:
+        message = item.get("message") if isinstance(item, Mapping) else None
+        raw = message.get("id") if isinstance(message, Mapping) else None
+        try:
+            ids.append(required_id(raw, PROVIDER, f"history.list {kind}"))
+        except ProviderPayloadError as exc:
+            unreadable.append(unreadable_item(item, type(exc).__name__, str(exc)))
+    return ids
+
+
+def _label_changes(record: Any, unreadable: list[UnreadableItem]) -> list[LabelChange]:
+    """The label-only changes of one history record, in order; odd label lists kept partial."""
+    changes = []
+    for kind in ("labelsAdded", "labelsRemoved"):
+        for item in record.get(kind) or []:
+            for message_id in _history_ids({kind: [item]}, kind, unreadable):
+                labels = text_items(item.get("labelIds"), "labels", [])
+                added, removed = (labels, ()) if kind == "labelsAdded" else ((), labels)
+                changes.append(LabelChange(message_id, added=added, removed=removed))
+    return changes
 
 
 class GmailClient:
@@ -177,10 +224,14 @@ class GmailClient:
 
     def current_cursor(self) -> str:
         """The mailbox's current historyId (spends ``getProfile``)."""
-        return str(self._call("getProfile", "GET", "profile")["historyId"])
+        body = self._call("getProfile", "GET", "profile")
+        with payload_errors(PROVIDER, "getProfile"):
+            return required_id(body["historyId"], PROVIDER, "getProfile historyId")
 
-    def get_message(self, message_id: str) -> RemoteMessage | None:
-        """One message's metadata, None when it is gone (spends ``messages.get``)."""
+    def get_message(self, message_id: str) -> RemoteMessage | UnreadableItem | None:
+        """One message's metadata (spends ``messages.get``): None when it is gone, an
+        UnreadableItem when Gmail refuses this one message or serves it unreadable (see
+        ``BAD_ITEM_STATUSES``); other failures raise ProviderError."""
         params = [
             ("format", "metadata"),
             ("metadataHeaders", "Subject"),
@@ -190,11 +241,18 @@ class GmailClient:
             body = self._call(
                 "messages.get", "GET", f"messages/{quote(message_id, safe='')}", params=params
             )
-        except ProviderRequestError as exc:
-            if exc.status == 404:  # deleted since it was listed: not an error for a sync
+        except Exception as exc:  # the call guard may re-raise it as its own failure type
+            status = request_error_status(exc)
+            if status in GONE_STATUSES:  # deleted since it was listed: not an error
                 return None
+            if status in BAD_ITEM_STATUSES:  # this message only: its page goes on
+                return UnreadableItem(message_id, f"ProviderRequestError {status}", str(exc))
             raise
-        return parse_message(body)
+        try:
+            with payload_errors(PROVIDER, "messages.get"):
+                return parse_message(body)
+        except ProviderPayloadError as exc:
+            return UnreadableItem(message_id, type(exc).__name__, str(exc))
 
     def list_page(self, page_token: str | None = None) -> FullPage:
         """One page of ``messages.list`` plus a ``messages.get`` per id (first page: getProfile)."""
@@ -211,11 +269,21 @@ class GmailClient:
         if self.query:
             params.append(("q", self.query))
         body = self._call("messages.list", "GET", "messages", params=params)
-        messages = [m for ref in body.get("messages") or [] if (m := self.get_message(ref["id"]))]
-        next_token = body.get("nextPageToken")
+        unreadable: list[UnreadableItem] = []
+        with payload_errors(PROVIDER, "messages.list"):
+            refs = [_ref_id(ref, unreadable) for ref in body.get("messages") or []]
+            next_token = optional_text(body.get("nextPageToken"))
+        messages: list[RemoteMessage] = []
+        for message_id in refs:
+            fetched = self.get_message(message_id) if message_id is not None else None
+            if isinstance(fetched, UnreadableItem):
+                unreadable.append(fetched)
+            elif fetched is not None:
+                messages.append(fetched)
         if next_token:
-            return FullPage(messages, next_page_token=f"{start}:{next_token}", cursor=None)
-        return FullPage(messages, next_page_token=None, cursor=start)
+            token = f"{start}:{next_token}"
+            return FullPage(messages, next_page_token=token, cursor=None, unreadable=unreadable)
+        return FullPage(messages, next_page_token=None, cursor=start, unreadable=unreadable)
 
     def changes_page(self, cursor: str, page_token: str | None = None) -> ChangesPage:
         """A page of ``history.list`` since ``cursor``; each added message costs a messages.get."""
@@ -227,37 +295,38 @@ class GmailClient:
         added: dict[str, None] = {}
         deleted: dict[str, None] = {}
         label_changes: list[LabelChange] = []
-        for record in body.get("history") or []:
-            for item in record.get("messagesAdded") or []:
-                message_id = item["message"]["id"]
-                added[message_id] = None
-                deleted.pop(message_id, None)
-            for item in record.get("messagesDeleted") or []:
-                message_id = item["message"]["id"]
-                deleted[message_id] = None
-                added.pop(message_id, None)
-            for item in record.get("labelsAdded") or []:
-                labels = tuple(item.get("labelIds") or ())
-                label_changes.append(LabelChange(item["message"]["id"], added=labels))
-            for item in record.get("labelsRemoved") or []:
-                labels = tuple(item.get("labelIds") or ())
-                label_changes.append(LabelChange(item["message"]["id"], removed=labels))
+        unreadable: list[UnreadableItem] = []
+        with payload_errors(PROVIDER, "history.list"):
+            for record in body.get("history") or []:
+                for message_id in _history_ids(record, "messagesAdded", unreadable):
+                    added[message_id] = None
+                    deleted.pop(message_id, None)
+                for message_id in _history_ids(record, "messagesDeleted", unreadable):
+                    deleted[message_id] = None
+                    added.pop(message_id, None)
+                label_changes += _label_changes(record, unreadable)
+            next_token = optional_text(body.get("nextPageToken"))
+            new_cursor: str | None = None
+            if not next_token:
+                new_cursor = required_id(body.get("historyId"), PROVIDER, "historyId")
         upserts: list[RemoteMessage] = []
         for message_id in added:
             message = self.get_message(message_id)
             if message is None:
                 deleted[message_id] = None
+            elif isinstance(message, UnreadableItem):
+                unreadable.append(message)
             else:
                 upserts.append(message)
         fetched = set(added) | set(deleted)
         label_changes = [c for c in label_changes if c.provider_message_id not in fetched]
-        next_token = body.get("nextPageToken")
         return ChangesPage(
             upserts=upserts,
             deleted_ids=list(deleted),
             label_changes=label_changes,
             next_page_token=next_token,
-            cursor=None if next_token else str(body["historyId"]),
+            cursor=new_cursor,
+            unreadable=unreadable,
         )
 
     def watch(
@@ -272,13 +341,14 @@ class GmailClient:
             request["labelIds"] = list(label_ids)
             request["labelFilterBehavior"] = label_filter_behavior
         body = self._call("watch", "POST", "watch", json=request)
-        return Subscription(
-            provider=PROVIDER,
-            subscription_id=None,
-            resource=topic_name,
-            expires_at=datetime.fromtimestamp(int(body["expiration"]) / 1000, tz=UTC),
-            history_id=str(body["historyId"]),
-        )
+        with payload_errors(PROVIDER, "watch"):
+            return Subscription(
+                provider=PROVIDER,
+                subscription_id=None,
+                resource=topic_name,
+                expires_at=datetime.fromtimestamp(int(body["expiration"]) / 1000, tz=UTC),
+                history_id=required_id(body["historyId"], PROVIDER, "watch historyId"),
+            )
 
     def stop(self) -> None:
         """Stop push notifications for the mailbox (spends ``stop``)."""

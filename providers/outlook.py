@@ -16,21 +16,27 @@ from providers.base import (
     FullPage,
     RemoteMessage,
     Subscription,
+    UnreadableItem,
     lenient,
     no_guard,
     optional_text,
     parse_datetime,
+    required_id,
     resolve_costs,
     text_items,
+    unreadable_item,
 )
 from providers.errors import (
     CursorExpired,
     ProviderError,
+    ProviderPayloadError,
     ProviderRequestError,
     ProviderThrottled,
     ProviderUnavailable,
     error_code,
     error_message,
+    payload_errors,
+    request_error_status,
 )
 from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
 
@@ -84,9 +90,11 @@ def _sender(item: Mapping[str, Any]) -> Any:
 def parse_message(item: Mapping[str, Any]) -> RemoteMessage:
     """A delta item as a RemoteMessage; categories are the labels, plus UNREAD as Gmail has it.
 
-    Raises KeyError without an ``id``; any other field Graph sends in a shape we cannot read
-    is left empty and named in ``unreadable`` (one odd message must not fail its page).
+    Raises ProviderPayloadError without a usable ``id``; any other field Graph sends in a shape
+    we cannot read is left empty and named in ``unreadable`` (one odd message must not fail
+    its page).
     """
+    message_id = required_id(item.get("id"), PROVIDER, "delta item")
     unreadable: list[str] = []
     labels = text_items(item.get("categories"), "labels", unreadable)
     if item.get("isRead") is False:
@@ -97,7 +105,7 @@ def parse_message(item: Mapping[str, Any]) -> RemoteMessage:
     received = lenient(parse_datetime, item.get("receivedDateTime"), "received_at", unreadable)
     version = item.get("changeKey") or item.get("@odata.etag")
     return RemoteMessage(
-        provider_message_id=str(item["id"]),
+        provider_message_id=message_id,
         thread_id=thread_id,
         labels=labels,
         subject=subject,
@@ -110,15 +118,16 @@ def parse_message(item: Mapping[str, Any]) -> RemoteMessage:
 
 
 def _subscription(body: Mapping[str, Any]) -> Subscription:
-    expires_at = parse_datetime(body.get("expirationDateTime"))
-    if expires_at is None:
-        raise ProviderRequestError("subscription lacks expirationDateTime", provider=PROVIDER)
-    return Subscription(
-        provider=PROVIDER,
-        subscription_id=str(body["id"]),
-        resource=str(body.get("resource", "")),
-        expires_at=expires_at,
-    )
+    with payload_errors(PROVIDER, "subscription"):
+        expires_at = parse_datetime(body.get("expirationDateTime"))
+        if expires_at is None:
+            raise ProviderPayloadError("subscription lacks expirationDateTime", provider=PROVIDER)
+        return Subscription(
+            provider=PROVIDER,
+            subscription_id=required_id(body.get("id"), PROVIDER, "subscription id"),
+            resource=str(body.get("resource", "")),
+            expires_at=expires_at,
+        )
 
 
 class OutlookClient:
@@ -193,7 +202,9 @@ class OutlookClient:
         else:
             body = self._delta(self._follow(page_token))
         changes = self._page(body)
-        return FullPage(changes.upserts, changes.next_page_token, changes.cursor)
+        return FullPage(
+            changes.upserts, changes.next_page_token, changes.cursor, changes.unreadable
+        )
 
     def changes_page(self, cursor: str, page_token: str | None = None) -> ChangesPage:
         """One page of delta from the stored deltaLink, or the nextLink ``page_token``."""
@@ -202,12 +213,20 @@ class OutlookClient:
     def _page(self, body: Mapping[str, Any]) -> ChangesPage:
         """Fold one delta page: the last word about each id wins (Graph may repeat a change)."""
         latest: dict[str, RemoteMessage | None] = {}
-        for item in body.get("value") or []:
-            message_id = str(item["id"])
-            latest.pop(message_id, None)  # re-insert so order follows the last change
-            latest[message_id] = None if "@removed" in item else parse_message(item)
-        next_link = body.get("@odata.nextLink")
-        delta_link = body.get("@odata.deltaLink")
+        unreadable: list[UnreadableItem] = []
+        with payload_errors(PROVIDER, "delta"):
+            for item in body.get("value") or []:
+                try:  # one unreadable item is set aside; the rest of its page goes on
+                    with payload_errors(PROVIDER, "delta item"):
+                        message_id = required_id(item.get("id"), PROVIDER, "delta item")
+                        change = None if "@removed" in item else parse_message(item)
+                except ProviderPayloadError as exc:
+                    unreadable.append(unreadable_item(item, type(exc).__name__, str(exc)))
+                    continue
+                latest.pop(message_id, None)  # re-insert so order follows the last change
+                latest[message_id] = change
+            next_link = optional_text(body.get("@odata.nextLink"))
+            delta_link = optional_text(body.get("@odata.deltaLink"))
         if not next_link and not delta_link:
             raise ProviderRequestError(
                 "delta page has neither nextLink nor deltaLink", provider=PROVIDER
@@ -217,6 +236,7 @@ class OutlookClient:
             deleted_ids=[i for i, m in latest.items() if m is None],
             next_page_token=next_link,
             cursor=None if next_link else delta_link,
+            unreadable=unreadable,
         )
 
     def create_subscription(
@@ -258,8 +278,8 @@ class OutlookClient:
         url = f"{self._base}/v1.0/subscriptions/{quote(subscription_id, safe='')}"
         try:
             self._call("subscriptions.delete", "DELETE", url)
-        except ProviderRequestError as exc:
-            if exc.status != 404:
+        except Exception as exc:  # the call guard may re-raise it as its own failure type
+            if request_error_status(exc) != 404:
                 raise
 
 

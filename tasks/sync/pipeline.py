@@ -221,8 +221,11 @@ class SyncRun:
                 upserted = upsert_messages(session, store_id, page.upserts)
                 deleted = delete_messages(session, store_id, page.deleted_ids)
                 relabel_messages(session, store_id, page.label_changes)
-            # Refused messages are archived with this page, so the cursor still moves past them.
-            set_aside_ids = set_aside(session, store_id, self.job.id, upserted.refused)
+            # Refused and unreadable messages are archived with this page, so the cursor still
+            # moves past them.
+            set_aside_ids = set_aside(
+                session, store_id, self.job.id, upserted.refused, page.unreadable
+            )
             self.checkpoint["page_token"] = storable_cursor(store_id, page.next_page_token)
             cursor = storable_cursor(store_id, cursor)
             self._save(session, upserted.stored, deleted, cursor)

@@ -1,6 +1,8 @@
-"""Messages the database refused: set aside in the dead-letter archive while their page commits.
+"""Messages that cannot be synced: set aside in the dead-letter archive while their page commits.
 
-One bad message must never block its mailbox. Each refused message is logged with its store and
+One bad message must never block its mailbox: whether the database refused its row, or the
+provider refused to serve it on its own (a Gmail 400 on its ``messages.get``) or served it without
+a required field (``providers.base.UnreadableItem``). Each is logged with its store and
 message id, counted (``syncguard_rows_set_aside_total``) and archived with category
 ``validation`` in the page's own transaction, so the entry exists exactly when the page (and the
 cursor past it) committed. The entry's job is a sync of the store: once the cause is fixed,
@@ -19,8 +21,10 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from models import FailureCategory
+from providers.base import UnreadableItem
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from safeguards.health_metrics.prometheus import count_set_aside
+from safeguards.storable import storable_text
 from tasks.events import announce
 from tasks.queues import SYNC
 from tasks.sync.mailbox_copy import RefusedRow
@@ -34,7 +38,7 @@ _TABLE = "synced_messages"
 
 def set_aside_job_id(store_id: uuid.UUID, provider_message_id: str) -> str:
     """The archive job id of a refused message: stable, so one entry per store and message."""
-    digest = hashlib.sha256(provider_message_id.encode("utf-8")).hexdigest()[:32]
+    digest = hashlib.sha256(storable_text(provider_message_id).encode("utf-8")).hexdigest()[:32]
     return f"set-aside:{store_id}:{digest}"
 
 
@@ -49,15 +53,24 @@ def announce_set_aside(business_id: uuid.UUID, entry_ids: Sequence[uuid.UUID]) -
 
 
 def set_aside(
-    session: Session, store_id: uuid.UUID, sync_job_id: uuid.UUID, refused: Sequence[RefusedRow]
+    session: Session,
+    store_id: uuid.UUID,
+    sync_job_id: uuid.UUID,
+    refused: Sequence[RefusedRow],
+    unreadable: Sequence[UnreadableItem] = (),
 ) -> list[uuid.UUID]:
-    """Log, count and archive each refused message in ``session``; returns the entry ids."""
+    """Log, count and archive each refused or unreadable message in ``session``; returns the
+    entry ids."""
     entries = []
-    for row in refused:
+    rows: list[tuple[RefusedRow | UnreadableItem, str]]
+    rows = [(row, "refused by the database") for row in refused]
+    rows += [(item, "unreadable from the provider") for item in unreadable]
+    for row, why in rows:
         log.error(
-            "store %s message %r set aside, the database refused it: %s: %s",
+            "store %s message %r set aside, %s: %s: %s",
             store_id,
             row.provider_message_id,
+            why,
             row.error,
             row.reason,
         )
@@ -72,8 +85,7 @@ def set_aside(
             move_to_dead_letter_queue(
                 set_aside_job_id(store_id, row.provider_message_id),
                 SYNC_TASK,
-                f"message {row.provider_message_id!r} refused by the database: "
-                f"{row.error}: {row.reason}",
+                f"message {row.provider_message_id!r} {why}: {row.error}: {row.reason}",
                 0,
                 {
                     "task": SYNC_TASK,

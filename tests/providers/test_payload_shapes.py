@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from providers import gmail, outlook
+from providers.errors import ProviderPayloadError
 
 
 def test_a_well_formed_gmail_message_has_nothing_unreadable() -> None:
@@ -74,5 +75,7 @@ def test_graph_fields_of_the_wrong_shape_are_left_empty_and_named() -> None:
 
 @pytest.mark.parametrize("parse", [gmail.parse_message, outlook.parse_message])
 def test_a_message_without_an_id_is_still_an_error(parse: object) -> None:
-    with pytest.raises(KeyError):
-        parse({"subject": "no id"})  # type: ignore[operator]
+    # A typed data error (permanent; the sync sets the item aside), not a bare KeyError
+    for body in ({"subject": "no id"}, {"id": None}, {"id": ["x"]}, {"id": ""}):
+        with pytest.raises(ProviderPayloadError, match="required id"):
+            parse(body)  # type: ignore[operator]

@@ -8,18 +8,22 @@ without a required field is set aside while the rest of its page commits.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine, select
 
 from models import FailureCategory, Provider, Store, SyncedMessage, SyncJob, SyncJobStatus
 from providers.oauth import OAuthCredentials
 from safeguards import ArchiveFilter, list_entries
 from safeguards.circuit_breaker.breaker import circuit_stats, record_circuit_breaker_result
+from safeguards.health_metrics.prometheus import ROWS_SET_ASIDE
 from safeguards.rate_limit.limiter import get_rate_limiter
 from syncguard.crypto import encrypt_json
 from syncguard.db import service_session
@@ -73,12 +77,12 @@ def gmail(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
     get_settings.cache_clear()
 
 
-def _store(engine: Engine) -> uuid.UUID:
+def _store(engine: Engine, provider: str = "gmail") -> uuid.UUID:
     credentials = OAuthCredentials("client", "client-secret", "refresh-token")
     with service_session(engine) as session:
         store = Store(
             business_id=make_business(session).id,
-            provider="gmail",
+            provider=provider,
             mailbox_address=f"shop-{uuid.uuid4().hex[:8]}@example.com",
             credentials_encrypted=encrypt_json(credentials.to_dict()),
         )
@@ -165,3 +169,160 @@ def test_the_breaker_stores_a_failure_reason_it_could_not_encode_as_storable_tex
 
     stats = circuit_stats(store_id, "gmail")
     assert (stats.total_failures, stats.last_failure_reason) == (1, "x\ufffd\ufffdy")
+
+
+def _set_aside_count(error: str) -> float:
+    raw = redis.Redis.from_url(os.environ["REDIS_URL"]).hgetall(ROWS_SET_ASIDE.redis_key())
+    field = json.dumps(["synced_messages", error], separators=(",", ":"))
+    return float(raw.get(field.encode(), 0))
+
+
+def _assert_m2_set_aside(engine: Engine, store_id: uuid.UUID, result: Any, error: str) -> None:
+    """The job succeeded at once, m1 and m3 stored, the cursor moved, m2 archived as data."""
+    assert result.state == "SUCCESS", result.result
+    job = _job(engine, store_id)
+    assert job.status is SyncJobStatus.SUCCEEDED, job.error_message
+    assert (job.attempts, job.messages_upserted) == (1, 2)
+    assert _stored(engine, store_id) == ["m1", "m3"]
+    with service_session(engine) as session:
+        assert session.get(Store, store_id).sync_cursor == "100"  # type: ignore[union-attr]
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.VALIDATION
+    assert entry.error_context["provider_message_id"] == "m2"
+    assert entry.error_context["error"] == error
+    assert (entry.task, entry.args) == ("tasks.sync.sync_store", [str(store_id)])
+
+
+def test_a_400_on_one_messages_get_sets_that_message_aside_and_the_page_commits(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given Gmail refusing to serve one message of three (400, the message's own fault)
+    body = {"error": {"code": 400, "message": "Invalid id value", "status": "INVALID_ARGUMENT"}}
+    gmail.handler = _gmail(_on_m2(Reply(400, body)))
+    store_id = _store(engine)
+    before = _set_aside_count("ProviderRequestError 400")
+
+    result = _sync(store_id)
+
+    _assert_m2_set_aside(engine, store_id, result, "ProviderRequestError 400")
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert "Invalid id value" in entry.failure_reason
+    assert _set_aside_count("ProviderRequestError 400") == before + 1
+
+
+def test_a_message_answered_without_its_id_is_set_aside_and_later_syncs_succeed(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given Gmail answering one messages.get without the required "id"
+    no_id = {k: v for k, v in _message("m2").items() if k != "id"}
+    gmail.handler = _gmail(_on_m2(Reply(200, no_id)))
+    store_id = _store(engine)
+    before = _set_aside_count("ProviderPayloadError")
+
+    result = _sync(store_id)
+
+    _assert_m2_set_aside(engine, store_id, result, "ProviderPayloadError")
+    assert _set_aside_count("ProviderPayloadError") == before + 1
+    # And the next full sync succeeds too, the message set aside once
+    with service_session(engine) as session:
+        session.get(Store, store_id).sync_cursor = None  # type: ignore[union-attr]
+    assert _sync(store_id).state == "SUCCESS"
+    assert len(list_entries(ArchiveFilter(store_id=store_id))) == 1
+
+
+def test_history_records_without_a_message_id_are_set_aside_and_the_cursor_moves(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given an incremental sync whose history holds records without a usable message id
+    history = {
+        "history": [
+            {
+                "id": "101",
+                "messagesAdded": [{"message": {"threadId": "t"}}, {"message": {"id": "m1"}}],
+            },
+            {"id": "102", "messagesDeleted": [{"message": None}]},
+            {"id": "103", "labelsAdded": [{"message": {"id": ["x"]}, "labelIds": ["STARRED"]}]},
+        ],
+        "historyId": "120",
+    }
+    reply = Reply(200, history)
+    gmail.handler = _gmail(lambda seen: reply if seen.path == f"{ROOT}/history" else None)
+    store_id = _store(engine)
+    with service_session(engine) as session:
+        session.get(Store, store_id).sync_cursor = "100"  # type: ignore[union-attr]
+
+    result = _sync(store_id)
+
+    # Then the readable change is applied and the cursor moves past the page
+    assert result.state == "SUCCESS", result.result
+    assert _stored(engine, store_id) == ["m1"]
+    with service_session(engine) as session:
+        assert session.get(Store, store_id).sync_cursor == "120"  # type: ignore[union-attr]
+    # ...and each unreadable record is archived once, under a stable digest of itself
+    entries = list_entries(ArchiveFilter(store_id=store_id))
+    assert len(entries) == 3
+    assert all(e.failure_category is FailureCategory.VALIDATION for e in entries)
+    assert all(e.error_context["provider_message_id"].startswith("unread:") for e in entries)
+
+
+def test_a_graph_delta_item_without_an_id_is_set_aside_and_the_rest_commits(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delta = "/v1.0/me/mailFolders/inbox/messages/delta"
+
+    def graph(seen: Seen) -> Reply:
+        if (token := token_reply(seen)) is not None:
+            return token
+        items = [{"subject": "no id", "changeKey": "k0"}, {"id": "AAMk-1", "subject": "ok"}]
+        return Reply(200, {"value": items, "@odata.deltaLink": f"{server.url}{delta}?t=1"})
+
+    with scripted_server() as server:
+        server.handler = graph
+        monkeypatch.setenv("SYNCGUARD_GRAPH_API_URL", server.url)
+        monkeypatch.setenv("SYNCGUARD_GRAPH_TOKEN_URL", f"{server.url}/token")
+        get_settings.cache_clear()
+        try:
+            store_id = _store(engine, "outlook")
+            result = _sync(store_id)
+        finally:
+            get_settings.cache_clear()
+
+    assert result.state == "SUCCESS", result.result
+    assert _stored(engine, store_id) == ["AAMk-1"]
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.error_context["error"] == "ProviderPayloadError"
+    assert "required id is missing" in entry.failure_reason
+
+
+def test_a_profile_without_its_history_id_is_archived_at_once_as_a_data_error(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given Gmail's profile answer missing the required historyId (a KeyError before)
+    profile = Reply(200, {"emailAddress": "shop@example.com"})
+    gmail.handler = _gmail(lambda seen: profile if seen.path == f"{ROOT}/profile" else None)
+    store_id = _store(engine)
+
+    result = _sync(store_id)
+
+    # Then it is a permanent data error, archived without spending retries
+    assert result.state == "FAILURE"
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.VALIDATION
+    assert entry.retry_count == 0
+    assert "ProviderPayloadError" in entry.failure_reason
+
+
+def test_a_message_deleted_since_it_was_listed_is_skipped_through_the_real_guard(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given one message gone (404) between messages.list and its messages.get
+    gone = {"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}
+    gmail.handler = _gmail(_on_m2(Reply(404, gone)))
+    store_id = _store(engine)
+
+    result = _sync(store_id)
+
+    # Then it is no error at all: the others are stored, nothing is archived
+    assert result.state == "SUCCESS", result.result
+    assert _stored(engine, store_id) == ["m1", "m3"]
+    assert list_entries(ArchiveFilter(store_id=store_id)) == []
