@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from providers.emulator import control, gmail, graph, oauth
+from providers.emulator import control, gmail, gmail_batch, graph, oauth
 from providers.emulator.config import EmulatorConfig
 from providers.emulator.context import EmulatorContext, context
 from providers.emulator.guard import ApiError, gmail_error, graph_error
@@ -35,7 +35,7 @@ def create_app(settings: EmulatorConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="syncguard provider emulator", lifespan=lifespan)
     app.state.emulator = ctx
-    for module in (oauth, gmail, graph, control):
+    for module in (oauth, gmail, gmail_batch, graph, control):
         app.include_router(module.router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(EmulatorError, _emulator_error)

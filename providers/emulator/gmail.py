@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from providers.emulator.context import context
 from providers.emulator.faults import take_stale_cursor
 from providers.emulator.guard import enter, gmail_error
-from providers.emulator.state import Message, Watch, decode_token, encode_token
+from providers.emulator.state import Mailbox, Message, Watch, decode_token, encode_token
 
 #: Largest and default page sizes of Gmail's list calls.
 MAX_PAGE, DEFAULT_PAGE = 500, 100
@@ -148,17 +148,7 @@ async def list_messages(
     box = await enter(request, "gmail.messages.list", "gmail", user_id)
     size, offset = _page_size(max_results, DEFAULT_PAGE), _offset(page_token)
     with ctx.state.lock:
-        matches = sorted(
-            (
-                m
-                for m in box.messages.values()
-                if all(lb in m.labels for lb in label_ids or [])
-                and (include_spam_trash or not {"SPAM", "TRASH"} & set(m.labels))
-            ),
-            key=lambda m: (m.received_ms, m.history_id),
-            reverse=True,
-        )
-        refs = [{"id": m.id, "threadId": m.thread_id} for m in matches]
+        refs = _listing(box, tuple(label_ids or ()), include_spam_trash)
     result: dict[str, object] = {"resultSizeEstimate": len(refs)}
     if refs[offset : offset + size]:
         result["messages"] = refs[offset : offset + size]
@@ -185,6 +175,25 @@ async def get_message(
         if message is None:
             raise gmail_error(404, "Requested entity was not found.", "notFound")
         return render_message(message, box.address, format, metadata_headers or [])
+
+
+def _listing(box: Mailbox, label_ids: tuple[str, ...], spam_trash: bool) -> list[dict[str, str]]:
+    """Refs of the matching messages, newest first; cached until the mailbox changes."""
+    key = (box.seq, label_ids, spam_trash)
+    if key not in box.listing:
+        matches = sorted(
+            (
+                m
+                for m in box.messages.values()
+                if all(lb in m.labels for lb in label_ids)
+                and (spam_trash or not {"SPAM", "TRASH"} & set(m.labels))
+            ),
+            key=lambda m: (m.received_ms, m.history_id),
+            reverse=True,
+        )
+        box.listing.clear()
+        box.listing[key] = [{"id": m.id, "threadId": m.thread_id} for m in matches]
+    return box.listing[key]
 
 
 def render_message(

@@ -9,7 +9,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from providers.emulator.context import context
-from providers.emulator.faults import take_request_fault
+from providers.emulator.faults import RequestFault, take_request_fault
 from providers.emulator.state import Mailbox, Provider
 
 Api = Literal["gmail", "graph"]
@@ -113,6 +113,14 @@ async def enter(request: Request, endpoint: str, api: Api, user_id: str) -> Mail
     with ctx.state.lock:
         box.stats.requests[endpoint] += 1
         fault = take_request_fault(box.faults, ctx.config.timeout_fault_s)
+    await apply_fault(api, fault)
+    if user_id not in ("me", box.address):
+        raise api_error(api, 403, "Delegation denied for " + box.address, "forbidden")
+    return box
+
+
+async def apply_fault(api: Api, fault: RequestFault) -> None:
+    """Delay, then raise the ApiError of a failing fault (a batch applies it to each part)."""
     if fault.slow_ms:
         await asyncio.sleep(fault.slow_ms / 1000)
     if fault.timeout_s is not None:
@@ -136,6 +144,3 @@ async def enter(request: Request, endpoint: str, api: Api, user_id: str) -> Mail
         raise api_error(api, 403, message, fault.quota_reason, headers)
     if fault.server_status is not None:
         raise api_error(api, fault.server_status, "Backend Error", "backendError", headers)
-    if user_id not in ("me", box.address):
-        raise api_error(api, 403, "Delegation denied for " + box.address, "forbidden")
-    return box

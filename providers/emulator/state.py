@@ -131,6 +131,11 @@ class Mailbox:
     #: Delta sequence number -> the message it changed (added, relabelled or deleted), so a
     #: delta page reads only the changes after its cursor instead of the whole mailbox.
     changes: dict[int, str] = field(default_factory=dict)
+    #: The last messages.list ordering, keyed by (seq, labelIds, includeSpamTrash): pages of one
+    #: listing reuse it instead of sorting the whole mailbox per page.
+    listing: dict[tuple[int, tuple[str, ...], bool], list[dict[str, str]]] = field(
+        default_factory=dict
+    )
     delta_epoch: int = 0
     watch: Watch | None = None
     faults: Faults = field(default_factory=Faults)
