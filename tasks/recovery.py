@@ -27,7 +27,10 @@ lost within its countdown + ``sync_queue_bound_s`` + ``sync_recovery_sweep_s``. 
 accelerators: with its keys gone the rows still say what to recover. A recovered job's pending
 marker is re-armed for another queue bound, so requests folded into it still get their one
 follow-up; that needs ``sync_queue_bound_s`` > ``sync_lease_s`` + ``sync_recovery_sweep_s``
-(600 > 120 + 30 by default), or the fold could lapse before the sweep.
+(600 > 120 + 30 by default), or the fold could lapse before the sweep. The queue bound must also
+exceed the longest time a healthy queue makes a job wait: a job merely stuck behind a backlog
+longer than that is recovered (its old message then turns stale, harmless) and, after
+``sync_max_recoveries`` such sweeps, archived as ``recovery_exhausted`` (replayable).
 
 What the other safeguarded work needs (per kind, and why):
 
@@ -58,9 +61,10 @@ from typing import Any, cast
 from redis import RedisError
 from sqlalchemy import CursorResult, and_, func, or_, select, true, update
 
-from models import FailureCategory, SyncJob, SyncJobStatus
+from models import FailureCategory, MetricType, SyncJob, SyncJobStatus
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from safeguards.errors import SafeguardUnavailable
+from safeguards.health_metrics.recorder import record_metric
 from safeguards.redis_state import get_redis, key
 from syncguard.db import service_session
 from syncguard.settings import get_settings
@@ -101,6 +105,9 @@ def recover_sync_jobs(store_ids: list[str] | None = None) -> dict[str, int]:
             counts[outcome] += 1
     if any(counts.values()):
         log.warning("recovery sweep: %s", counts)
+    for outcome, count in counts.items():
+        if count:  # dashboards and alerts see recoveries as they happen
+            record_metric(MetricType.QUEUE, "sync_jobs_recovered", count, tags={"outcome": outcome})
     return counts
 
 

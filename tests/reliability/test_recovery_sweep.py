@@ -19,11 +19,18 @@ import redis
 from celery.result import AsyncResult
 from sqlalchemy import Engine, create_engine, select, text
 
-from models import FailedJobArchive, FailureCategory, Provider, SyncJobStatus
+from models import (
+    FailedJobArchive,
+    FailureCategory,
+    Provider,
+    SyncJobStatus,
+    SystemHealthMetric,
+)
 from providers.emulator.runner import EmulatorHandle, running_emulator
+from safeguards.health_metrics.recorder import METRICS
 from safeguards.redis_state import key
 from syncguard.db import service_session
-from tasks.recovery import Candidate, overdue_jobs, recover
+from tasks.recovery import Candidate, overdue_jobs, recover, recover_sync_jobs
 from tasks.sync.requests import request_sync, sync_flight
 from tests.reliability.recovery_support import (
     RECOVERY_ENV,
@@ -99,6 +106,32 @@ def test_a_lost_message_is_recovered_and_a_job_recovered_too_often_is_archived(
         assert nxt is not None
         assert wait_for_job(engine, nxt).status is SyncJobStatus.SUCCEEDED
     assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
+
+
+def test_a_sweep_counts_what_it_recovered_and_records_it(
+    engine: Engine, emulator: EmulatorHandle, env: dict[str, str]
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    mailbox.add("hello")
+    job_id = request_sync(store_id)
+    assert job_id is not None
+    purge_queues()
+    _overdue(engine, job_id)
+
+    counts = recover_sync_jobs([str(store_id)])
+    METRICS.flush()
+
+    assert counts == {"recovered": 1, "exhausted": 0, "closed": 0}
+    assert recover_sync_jobs([str(store_id)]) == {"recovered": 0, "exhausted": 0, "closed": 0}
+    with service_session(engine) as session:
+        recorded = session.scalars(
+            select(SystemHealthMetric.metric_value).where(
+                SystemHealthMetric.metric_name == "sync_jobs_recovered",
+                SystemHealthMetric.tags["outcome"].astext == "recovered",
+            )
+        ).all()
+    assert 1.0 in recorded
+    purge_queues()  # the recovered message is not run here
 
 
 def test_two_sweeps_at_once_recover_a_job_once(
