@@ -314,4 +314,10 @@ def test_the_jobs_page_filters_by_state_and_opens_a_job_with_its_archive_entry(
     facts = browser.evaluate("document.getElementById('job').innerText")
     assert reason in archive and "transient_exhausted" in archive
     assert "Attempts\t6" in facts or "Attempts\n6" in facts
+    # The dashboard's stores table links each store's history and its last job.
+    browser.navigate(f"{api_url}/dashboard")
+    history = browser.evaluate(
+        "[...document.querySelectorAll('#stores a.link')].map(a => a.getAttribute('href'))"
+    )
+    assert f"/dashboard/jobs?store_id={tenant.store_id}" in history
     assert browser.errors == []
