@@ -29,18 +29,28 @@ import base64
 import binascii
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from api.intake import Delivered, Intake, Receiver, answer, clean_id, read_intake, record
-from api.lookups import gmail_store, touch_gmail_watch
+from api.intake import (
+    Delivered,
+    Intake,
+    Receiver,
+    answer,
+    clean_id,
+    publish_after_commit,
+    read_intake,
+    record,
+)
+from api.lookups import StoreRef, gmail_store, touch_gmail_watch
 from api.outcomes import Ignored, IgnoreReason
 from api.push_auth import PushTokenVerifier
 from models import SyncTrigger
 from syncguard.db import service_session
-from tasks.sync.requests import request_sync
+from tasks.sync.requests import PlannedSync, plan_sync
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +83,48 @@ def gmail_push(request: Request, intake: Annotated[Intake, Depends(read_intake)]
     def process() -> Delivered:
         verifier.verify(request.headers.get("authorization"), str(request.url))
         notification = decode_push(intake.json())
-        with service_session() as session:
-            store = gmail_store(session, notification.email_address)
-        if store is None:
-            raise Ignored(IgnoreReason.UNKNOWN_MAILBOX, "no store has this mailbox address")
-        # The notification's historyId is only logged: the sync reads from our stored cursor.
-        logger.info("gmail push for store %s at historyId %s", store.id, notification.history_id)
-        with service_session() as session:
-            touch_gmail_watch(session, store.id)  # the watch works, whatever the store's state
+        store, planned, logged = _commit(intake, notification, message_id)
         if not store.syncable:
             raise Ignored(
                 IgnoreReason.STORE_INACTIVE, f"store is {store.status.value}", store_id=store.id
             )
-        request_sync(store.id, SyncTrigger.WEBHOOK)
-        record(intake, store.id, message_id, WEBHOOK_TYPE, ACK_STATUS, None)
+        if planned is not None:
+            publish_after_commit([planned], [], logged)
         return Delivered(Response(status_code=ACK_STATUS))
 
     return answer(intake, RECEIVER, process, message_id)
+
+
+def _commit(
+    intake: Intake, notification: GmailNotification, message_id: str | None
+) -> tuple[StoreRef, PlannedSync | None, list[uuid.UUID]]:
+    """One transaction: the store looked up, its watch touched, the job and delivery rows.
+
+    Returns the store, the sync to publish now that it has committed (None: folded, or the
+    store is not active) and the delivery rows written. Ignored for an unknown mailbox.
+    """
+    planned: PlannedSync | None = None
+    try:
+        with service_session() as session:
+            store = gmail_store(session, notification.email_address)
+            if store is None:
+                raise Ignored(IgnoreReason.UNKNOWN_MAILBOX, "no store has this mailbox address")
+            # The notification's historyId is only logged: the sync reads from our cursor.
+            logger.info(
+                "gmail push for store %s at historyId %s", store.id, notification.history_id
+            )
+            touch_gmail_watch(session, store.id)  # the watch works, whatever the store's state
+            if not store.syncable:
+                return store, None, []
+            planned = plan_sync(session, store.id, SyncTrigger.WEBHOOK)
+            row = record(
+                intake, store.id, message_id, WEBHOOK_TYPE, ACK_STATUS, None, session=session
+            )
+    except BaseException:
+        if planned is not None:  # the transaction did not commit: its job does not exist
+            planned.cancel()
+        raise
+    return store, planned, [row]
 
 
 def decode_push(body: Any) -> GmailNotification:

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,10 +19,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from api.errors import OUTAGE_ERRORS, Rejected
+from api.lookups import forget_deliveries
 from api.outcomes import NEVER_SUCCEEDING_ERRORS, Ignored, IgnoreReason, as_ignored
 from safeguards.delivery_log import log_webhook_delivery
 from safeguards.health_metrics.prometheus import WebhookOutcome, count_webhook
+from syncguard.db import service_session
 from syncguard.settings import Settings
+from tasks.sync.requests import PlannedSync
 
 logger = logging.getLogger(__name__)
 
@@ -200,10 +203,13 @@ def record(
     *,
     success: bool | None = None,
     session: Session | None = None,
-) -> None:
-    """One inbound row in webhook_delivery_log: the status we answered and how long it took."""
+) -> uuid.UUID:
+    """One inbound row in webhook_delivery_log: the status we answered and how long it took.
+
+    Returns the row's id.
+    """
     ok = 200 <= status < 300 if success is None else success
-    log_webhook_delivery(
+    return log_webhook_delivery(
         store_id,
         webhook_id,
         webhook_type,
@@ -213,3 +219,30 @@ def record(
         intake.elapsed_ms(),
         session=session,
     )
+
+
+def publish_after_commit(
+    planned: Iterable[PlannedSync], sends: Iterable[Callable[[], object]], logged: list[uuid.UUID]
+) -> None:
+    """Publish what a committed receiver transaction planned: its syncs, then other tasks.
+
+    Should the broker be unreachable, the delivery rows ``logged`` as acknowledged are withdrawn
+    before the error propagates (``answer`` logs the 503 instead, and the sender retries); the
+    job rows stay queued for the recovery sweep, and their pending markers are withdrawn.
+    """
+    pending = list(planned)
+    try:
+        while pending:
+            pending[0].publish()
+            pending.pop(0)
+        for send in sends:
+            send()
+    except BaseException:
+        for plan in pending[1:]:
+            plan.cancel()  # pending[0] withdrew its own marker
+        try:
+            with service_session() as session:
+                forget_deliveries(session, logged)
+        except OUTAGE_ERRORS:
+            logger.warning("could not withdraw %d delivery rows", len(logged), exc_info=True)
+        raise

@@ -6,10 +6,17 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models import Provider, Store, StoreStatus, SubscriptionStatus, WebhookSubscription
+from models import (
+    Provider,
+    Store,
+    StoreStatus,
+    SubscriptionStatus,
+    WebhookDeliveryLog,
+    WebhookSubscription,
+)
 
 
 @dataclass(frozen=True)
@@ -91,3 +98,9 @@ def touch_subscriptions(session: Session, row_ids: Collection[uuid.UUID]) -> Non
             .where(WebhookSubscription.id.in_(list(row_ids)))
             .values(last_notification_at=func.now())
         )
+
+
+def forget_deliveries(session: Session, row_ids: Collection[uuid.UUID]) -> None:
+    """Delete delivery-log rows written in a transaction whose work could not be published."""
+    if row_ids:
+        session.execute(delete(WebhookDeliveryLog).where(WebhookDeliveryLog.id.in_(list(row_ids))))

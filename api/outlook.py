@@ -33,13 +33,16 @@ Each store gets at most one sync request per body; each (task, subscription) at 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.orm import Session
 
 from api.errors import Rejected
 from api.graph_items import (
@@ -51,13 +54,22 @@ from api.graph_items import (
     parse_items,
     subscription_ids,
 )
-from api.intake import Delivered, Intake, Receiver, answer, read_intake, record
+from api.intake import (
+    Delivered,
+    Intake,
+    Receiver,
+    answer,
+    publish_after_commit,
+    read_intake,
+    record,
+)
 from api.lookups import outlook_subscriptions, touch_subscriptions
-from api.outcomes import NEVER_SUCCEEDING_ERRORS, Ignored, as_ignored
+from api.outcomes import Ignored, as_ignored
 from models import SyncTrigger
+from safeguards.errors import ValidationFailure
 from syncguard.db import service_session
 from tasks import app as celery_app
-from tasks.sync.requests import request_sync
+from tasks.sync.requests import PlannedSync, plan_sync
 
 #: Celery tasks (by name: tasks/webhooks.py) that answer lifecycle events about a subscription.
 LIFECYCLE_TASKS = {
@@ -100,10 +112,20 @@ def _receive(request: Request, intake: Intake, *, lifecycle_url: bool) -> Respon
 
     def process() -> Delivered:
         items = parse_items(intake.json())
-        with service_session() as session:
-            subscriptions = outlook_subscriptions(session, subscription_ids(items))
-        verdicts = _act([judge(item, subscriptions, lifecycle_url) for item in items])
-        _log(intake, verdicts)
+        # One transaction: subscriptions looked up, job rows, subscriptions touched, delivery
+        # rows; the messages are published only once it has committed (the ledger rule).
+        planned: list[PlannedSync] = []
+        try:
+            with service_session() as session:
+                subscriptions = outlook_subscriptions(session, subscription_ids(items))
+                judged = [judge(item, subscriptions, lifecycle_url) for item in items]
+                verdicts, sends = _act(session, judged, planned)
+                logged = _log(session, intake, verdicts)
+        except BaseException:
+            for plan in planned:  # not committed: the jobs their markers name do not exist
+                plan.cancel()
+            raise
+        publish_after_commit(planned, sends, logged)
         ignored = tuple(v.ignored.reason for v in verdicts if v.ignored is not None)
         accepted = len(verdicts) - len(ignored)
         body = {"accepted": accepted, "ignored": len(ignored)}
@@ -122,9 +144,12 @@ def _handshake(token: str) -> Delivered:
     return Delivered(PlainTextResponse(token, headers={"X-Content-Type-Options": "nosniff"}))
 
 
-def _act(verdicts: list[Verdict]) -> list[Verdict]:
-    """Publish lifecycle tasks and request one sync per store; the verdicts, with items whose
-    sync can never be requested (store paused or deleted meanwhile) turned into ignored ones."""
+def _act(
+    session: Session, verdicts: list[Verdict], planned: list[PlannedSync]
+) -> tuple[list[Verdict], list[Callable[[], object]]]:
+    """Plan one sync per store (appended to ``planned``) and the lifecycle tasks to send; the
+    verdicts, with items whose sync can never be requested (store paused or deleted meanwhile)
+    turned into ignored ones, and the sends to make once the transaction has committed."""
     syncs: dict[uuid.UUID, SyncTrigger] = {}
     tasks: dict[tuple[str, uuid.UUID], None] = {}
     for verdict in verdicts:
@@ -138,15 +163,21 @@ def _act(verdicts: list[Verdict]) -> list[Verdict]:
             syncs[store_id] = SyncTrigger.RESYNC  # a resync covers a change notification too
         else:
             syncs.setdefault(store_id, SyncTrigger.WEBHOOK)
-    for name, row_id in tasks:
-        celery_app.send_task(name, args=[str(row_id)])
+    sends: list[Callable[[], object]] = [
+        functools.partial(celery_app.send_task, name, args=[str(row_id)]) for name, row_id in tasks
+    ]
     failed: dict[uuid.UUID, Ignored] = {}
     for store_id, trigger in syncs.items():
         try:
-            request_sync(store_id, trigger)
-        except NEVER_SUCCEEDING_ERRORS as exc:  # one store's fate must not refuse the others
+            plan = plan_sync(session, store_id, trigger)
+        except ValidationFailure as exc:  # one store's fate must not refuse the others
+            # Raised before any write (the store vanished or was paused since the lookup), so
+            # the transaction goes on for the other stores.
             failed[store_id] = as_ignored(exc)
-    return [_with_failure(v, failed) for v in verdicts]
+        else:
+            if plan is not None:
+                planned.append(plan)
+    return [_with_failure(v, failed) for v in verdicts], sends
 
 
 def _with_failure(verdict: Verdict, failed: dict[uuid.UUID, Ignored]) -> Verdict:
@@ -156,23 +187,25 @@ def _with_failure(verdict: Verdict, failed: dict[uuid.UUID, Ignored]) -> Verdict
     return verdict
 
 
-def _log(intake: Intake, verdicts: list[Verdict]) -> None:
-    """One delivery-log row per verified (subscription, kind) in the body; touch those."""
+def _log(session: Session, intake: Intake, verdicts: list[Verdict]) -> list[uuid.UUID]:
+    """One delivery-log row per verified (subscription, kind) in the body; touch those.
+
+    Returns the rows' ids.
+    """
     groups: dict[tuple[str | None, str], list[Verdict]] = defaultdict(list)
     for verdict in verdicts:
         if verdict.subscription is not None:  # unverified items are counted, never logged
             groups[(verdict.subscription_id, verdict.webhook_type)].append(verdict)
-    if not groups:
-        return
     touched = {v.subscription.id for group in groups.values() for v in group if v.subscription}
-    with service_session() as session:
-        touch_subscriptions(session, touched)
-        for (sub_id, webhook_type), group in groups.items():
-            ignored = [v.ignored for v in group if v.ignored is not None]
-            message = None
-            if ignored:
-                message = "; ".join(sorted({i.message for i in ignored}))
-                message += f" [{len(ignored)} of {len(group)} items]"
+    touch_subscriptions(session, touched)
+    rows = []
+    for (sub_id, webhook_type), group in groups.items():
+        ignored = [v.ignored for v in group if v.ignored is not None]
+        message = None
+        if ignored:
+            message = "; ".join(sorted({i.message for i in ignored}))
+            message += f" [{len(ignored)} of {len(group)} items]"
+        rows.append(
             record(
                 intake,
                 _logged_store(group),
@@ -183,6 +216,8 @@ def _log(intake: Intake, verdicts: list[Verdict]) -> None:
                 success=not ignored,
                 session=session,
             )
+        )
+    return rows
 
 
 def _logged_store(group: list[Verdict]) -> uuid.UUID | None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from models import (
     FailedJobArchive,
@@ -19,7 +20,7 @@ from models import (
 )
 from safeguards.errors import ValidationFailure
 from safeguards.storable import storable_text
-from syncguard.db import service_session
+from syncguard.db import service_session, session_or_new
 
 #: States a job never leaves: a message for such a job is stale.
 ENDED = frozenset({SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED})
@@ -39,15 +40,19 @@ def create_job(
     trigger: SyncTrigger,
     job_id: uuid.UUID | None = None,
     celery_task_id: str | None = None,
+    *,
+    session: Session | None = None,
 ) -> uuid.UUID:
     """A queued job for ``store_id``, committed (so it exists before its message does).
 
     ``job_id`` is the id the single flight's pending marker already names, when there is one;
-    ``celery_task_id`` the id its message will carry (only that message may run it).
+    ``celery_task_id`` the id its message will carry (only that message may run it). With
+    ``session`` the row is written in the caller's transaction, which must commit before the
+    message is published (the webhook receivers: one transaction per notification).
     The one rule for every caller (application code, API, Beat, CLI): only an active store is
     synced. Raises ValidationFailure for an unknown store, StoreNotSyncable for an inactive one.
     """
-    with service_session() as session:
+    with session_or_new(session) as session:
         store = session.get(Store, store_id)
         if store is None:
             raise ValidationFailure(f"store {store_id} does not exist")
@@ -157,7 +162,7 @@ def starts_in(countdown_s: float) -> Any:
     return func.now() + timedelta(seconds=max(countdown_s, 0.0))
 
 
-def has_ended(job_id: str) -> bool:
+def has_ended(job_id: str, session: Session | None = None) -> bool:
     """True when the ledger holds job ``job_id`` in a final state; False if live or unknown.
 
     An unknown id is taken as live: the job a pending marker names is created just after the
@@ -167,8 +172,8 @@ def has_ended(job_id: str) -> bool:
         key = uuid.UUID(job_id)
     except ValueError:
         return False  # a marker that names no job (an older release's "1")
-    with service_session() as session:
-        status = session.scalar(select(SyncJob.status).where(SyncJob.id == key))
+    with session_or_new(session) as s:
+        status = s.scalar(select(SyncJob.status).where(SyncJob.id == key))
     return status in ENDED
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
 
 from models import SyncTrigger
 from safeguards.single_flight import SingleFlight
+from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
 from tasks.sync.jobs import StoreNotSyncable, create_job, has_ended
@@ -22,6 +26,31 @@ def sync_flight() -> SingleFlight:
     )
 
 
+@dataclass(frozen=True)
+class PlannedSync:
+    """A sync job row written in a caller's transaction, its message not yet published.
+
+    Once that transaction has committed, ``publish()``; should it roll back, ``cancel()`` (the
+    pending marker names the job, and would fold later requests into a job that never exists).
+    """
+
+    store_id: uuid.UUID
+    job_id: uuid.UUID
+    task_id: str
+
+    def publish(self) -> None:
+        """Send the job's message; on failure the pending marker is withdrawn and it raises."""
+        try:
+            publish(self.store_id, self.job_id, self.task_id)
+        except BaseException:
+            self.cancel()  # the job stays queued: the recovery sweep publishes it later
+            raise
+
+    def cancel(self) -> None:
+        """Withdraw the pending marker this plan set (nothing to do for a folded request)."""
+        sync_flight().cancel(str(self.store_id), str(self.job_id))
+
+
 def request_sync(
     store_id: uuid.UUID | str, trigger: SyncTrigger = SyncTrigger.MANUAL
 ) -> uuid.UUID | None:
@@ -34,20 +63,45 @@ def request_sync(
     Raises ``tasks.sync.jobs.StoreNotSyncable`` for a store that is not active (paused, revoked)
     and ``ValidationFailure`` for one that does not exist; nothing is enqueued then.
     """
+    planned: PlannedSync | None = None
+    try:
+        with service_session() as session:
+            planned = plan_sync(session, store_id, trigger)
+    except BaseException:
+        if planned is not None:  # the commit failed: the job the marker names does not exist
+            planned.cancel()
+        raise
+    if planned is None:
+        return None
+    planned.publish()
+    return planned.job_id
+
+
+def plan_sync(
+    session: Session, store_id: uuid.UUID | str, trigger: SyncTrigger
+) -> PlannedSync | None:
+    """``request_sync`` inside the caller's transaction: None when folded, else the plan to
+    publish once the transaction commits (the ledger rule: the row exists before its message).
+
+    Raises like ``request_sync``, with the pending marker already withdrawn.
+    """
     store_uuid = uuid.UUID(str(store_id))
     store_key, job_id = str(store_uuid), uuid.uuid4()
     flight = sync_flight()
     if not flight.request(store_key, str(job_id)):
         holder = flight.holder(store_key)
-        if holder is not None and not has_ended(holder):
+        if holder is not None and not has_ended(holder, session):
             return None
         if not flight.take_over(store_key, holder, str(job_id)):
             return None  # another request replaced the stale marker first: folded into its job
+    # The message's task id is chosen now and written with the row: no update after publishing.
+    planned = PlannedSync(store_uuid, job_id, str(uuid.uuid4()))
     try:
-        return enqueue_job(store_uuid, trigger, job_id)
+        create_job(store_uuid, trigger, job_id, celery_task_id=planned.task_id, session=session)
     except BaseException:
-        flight.cancel(store_key, str(job_id))  # otherwise later requests would fold into nothing
+        planned.cancel()  # otherwise later requests would fold into nothing
         raise
+    return planned
 
 
 def enqueue_job(
