@@ -127,6 +127,31 @@ def test_a_sync_whose_whole_worker_group_was_killed_is_recovered_within_the_boun
     assert ledger_blocked_s <= BOUND_S + BEAT_SLACK_S
 
 
+def test_a_message_the_broker_lost_is_republished_within_the_queue_bound(
+    engine: Engine, emulator: EmulatorHandle, env: dict[str, str], swept: list[uuid.UUID]
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    swept.append(store_id)
+    mailbox.add("hello")
+    job_id = request_sync(store_id)
+    assert job_id is not None
+    purge_queues()  # the broker lost it before any worker took it
+    published = job(engine, job_id).eta
+
+    recovered = eventually(lambda: (row := job(engine, job_id)).recoveries >= 1 and row, 60)
+    waited_s = (recovered.eta - published).total_seconds()
+    with group_worker(env):
+        final = wait_for_job(engine, job_id)
+        eventually(lambda: not unsettled(engine, [store_id]))
+    bound_s = float(RECOVERY_ENV["SYNCGUARD_SYNC_QUEUE_BOUND_S"]) + float(
+        RECOVERY_ENV["SYNCGUARD_SYNC_RECOVERY_SWEEP_S"]
+    )
+    print(f"\n[figures] lost message: re-published {waited_s:.1f}s after (bound {bound_s:.0f}s)")
+    assert final.status is SyncJobStatus.SUCCEEDED, final.error_message
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
+    assert waited_s <= bound_s + BEAT_SLACK_S
+
+
 @pytest.mark.parametrize(
     "fault",
     [
