@@ -13,6 +13,13 @@ exporter reads it and the other ``OTEL_EXPORTER_OTLP_*`` variables itself, per t
 OpenTelemetry specification's "OTLP Exporter Configuration"), and JSON lines to the file of the
 ``trace_file`` setting (tests, local debugging). With neither, no tracer provider is installed
 and every span is OpenTelemetry's no-op span: no overhead beyond a function call.
+
+Spans leave the process scrubbed like log lines (``syncguard.logging_config.scrub``): the
+instrumentations record full URLs (``http.url``, ``url.full``, ``http.target``), whose query
+strings may carry a credential (a pasted login link, Graph's ``validationToken``, a delta
+token), and exception events carry exception text. Every exporter is wrapped in
+``ScrubbingSpanExporter``, which masks every string in a span's name, attributes, event
+attributes and status before the span is written anywhere.
 """
 
 from __future__ import annotations
@@ -24,17 +31,26 @@ from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Status
+from opentelemetry.util.types import Attributes
 
+from syncguard.logging_config import scrub
 from syncguard.settings import Settings, get_settings
 
-__all__ = ["JsonLinesSpanExporter", "configure_tracing", "otlp_endpoint", "tracing_enabled"]
+__all__ = [
+    "JsonLinesSpanExporter",
+    "ScrubbingSpanExporter",
+    "configure_tracing",
+    "otlp_endpoint",
+    "tracing_enabled",
+]
 
 #: The environment variables that turn on OTLP export (OpenTelemetry specification).
 OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -65,6 +81,62 @@ class JsonLinesSpanExporter(SpanExporter):
         except OSError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Hands ``inner`` copies of the spans with every string scrubbed (see the module doc)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export scrubbed copies of ``spans`` through the wrapped exporter."""
+        return self.inner.export([scrubbed_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Flush the wrapped exporter."""
+        return self.inner.force_flush(timeout_millis)
+
+
+def _scrub_value(value: object) -> object:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, tuple | list):
+        return tuple(scrub(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _scrub_attributes(attributes: Attributes) -> dict[str, object]:
+    return {key: _scrub_value(value) for key, value in (attributes or {}).items()}
+
+
+def scrubbed_span(span: ReadableSpan) -> ReadableSpan:
+    """A copy of a finished ``span`` whose name, attributes, events and status are scrubbed."""
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, scrub(status.description))
+    events = [
+        Event(event.name, _scrub_attributes(event.attributes), event.timestamp)  # type: ignore[arg-type]
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=scrub(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_scrub_attributes(span.attributes),  # type: ignore[arg-type]
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 def otlp_endpoint() -> str | None:
@@ -107,10 +179,11 @@ def _provider(service_name: str, settings: Settings) -> TracerProvider:
     if otlp_endpoint() is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(OTLPSpanExporter())))
     if settings.trace_file is not None:
         # Synchronous: a span is on disk when it ends, even if the process is killed next.
-        provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(settings.trace_file)))
+        exporter = ScrubbingSpanExporter(JsonLinesSpanExporter(settings.trace_file))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 
 

@@ -207,3 +207,19 @@ def test_a_notification_yields_one_trace_from_the_webhook_to_the_provider_calls(
     assert "guard.allowed" in decisions
     allowed = next(e for e in run["events"] if e["name"] == "guard.allowed")
     assert allowed["attributes"]["syncguard.store_id"] == str(store_id)
+
+
+def test_spans_leave_the_process_without_the_secrets_in_their_urls(
+    api_url: str, spool: Path
+) -> None:
+    # Found by review: the FastAPI and httpx spans recorded full URLs, query keys included.
+    secret = "sgk_" + uuid.uuid4().hex
+    assert httpx.get(f"{api_url}/dashboard/login", params={"key": secret}).status_code == 400
+    handshake = httpx.post(f"{api_url}/webhooks/outlook", params={"validationToken": secret})
+    assert handshake.status_code == 200
+    path = spool / "api-spans.jsonl"
+    login = eventually(
+        lambda: [s for s in _spans(path) if s["name"].startswith("GET /dashboard/login")]
+    )
+    assert "[REDACTED]" in json.dumps(login)
+    assert secret not in path.read_text()
