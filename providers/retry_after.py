@@ -21,6 +21,10 @@ MAX_RETRY_AFTER_S = 86_400.0
 # RFC 9110 delay-seconds is 1*DIGIT; Graph documents fractional seconds, so a decimal part
 # is accepted too. ASCII digits only: str.isdigit() would admit "²" or Arabic-Indic digits.
 _DELAY = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+# The day name that opens an IMF-fixdate ("Sun") or an RFC 850 date ("Sunday").
+_DAY_NAME = re.compile(
+    r"Mon|Tue|Wed|Thu|Fri|Sat|Sun|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day", re.ASCII
+)
 
 
 def parse_retry_after(
@@ -30,17 +34,37 @@ def parse_retry_after(
 
     Accepts delay-seconds (``"20"``, Graph's ``"2.5"``) and an HTTP-date in any of RFC 9110's
     three forms (IMF-fixdate, RFC 850, asctime; a date without a zone is GMT, §5.6.7). A date
-    in the past means 0. Absent, empty, negative, non-finite or unparseable values give None,
-    so the caller falls back to its own backoff; nothing raises.
+    in the past means 0. Several values (two header lines, which httpx joins as ``"20, 30"``,
+    RFC 9110 §5.3) give the longest usable wait. Absent, empty, negative, non-finite or
+    unparseable values give None, so the caller falls back to its own backoff; nothing raises.
     """
     if value is None:
         return None
     text = value.strip()
+    waits = [w for part in _values(text) if (w := _one(part, now)) is not None]
+    seconds = max(waits, default=None)
+    return None if seconds is None else min(max(seconds, 0.0), max_s)
+
+
+def _one(text: str, now: float) -> float | None:
+    """One Retry-After value in seconds (uncapped), or None when it is not one."""
     if not text:
         return None
-    # An absurdly long digit string gives inf, which the cap below turns into max_s.
-    seconds = float(text) if _DELAY.fullmatch(text) else _seconds_until(text, now)
-    return None if seconds is None else min(max(seconds, 0.0), max_s)
+    # An absurdly long digit string gives inf, which the caller's cap turns into max_s.
+    return float(text) if _DELAY.fullmatch(text) else _seconds_until(text, now)
+
+
+def _values(text: str) -> list[str]:
+    """The values of a comma-joined header; an HTTP-date's own comma (after its day name, as in
+    ``Sun, 06 Nov 1994 08:49:37 GMT``) does not split it."""
+    pieces = [piece.strip() for piece in text.split(",")]
+    values: list[str] = []
+    for piece in pieces:
+        if values and _DAY_NAME.fullmatch(values[-1]):
+            values[-1] = f"{values[-1]}, {piece}"
+        else:
+            values.append(piece)
+    return values
 
 
 def _seconds_until(text: str, now: float) -> float | None:

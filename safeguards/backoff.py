@@ -34,3 +34,23 @@ def compute_backoff(
     if not jitter:
         return ceiling
     return (rng or random).uniform(0.0, ceiling)
+
+
+def throttle_backoff(
+    attempt: int,
+    *,
+    base_s: float = DEFAULT_BASE_S,
+    factor: float = DEFAULT_FACTOR,
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait after the provider throttled attempt ``attempt`` (0-based) in a row.
+
+    "Equal jitter" (same AWS article): uniform over [ceiling / 2, ceiling], so the wait grows
+    with each throttle however short the provider's Retry-After is (a 429 answered with
+    ``Retry-After: 0`` again and again must not be hammered), and is never near zero.
+    """
+    ceiling = compute_backoff(
+        attempt, base_s=base_s, factor=factor, max_backoff_s=max_backoff_s, jitter=False
+    )
+    return (rng or random).uniform(ceiling / 2, ceiling)

@@ -22,7 +22,7 @@ from typing import Any
 from celery.exceptions import Retry
 
 from models import FailureCategory, MetricType, Provider, Store
-from safeguards.backoff import compute_backoff
+from safeguards.backoff import compute_backoff, throttle_backoff
 from safeguards.dead_letter.archive import error_context_from, move_to_dead_letter_queue
 from safeguards.errors import (
     CallFailure,
@@ -244,11 +244,17 @@ class SafeguardedTask(ArchivingTask):
         return min(max(backoff, hint or 0.0), max_backoff_s)
 
     def _deferral_countdown(self, reason: Refused | ThrottledFailure, deferrals: int) -> float:
+        max_backoff_s = float(get_settings().max_backoff_s)
         hinted = reason.retry_after_s
-        if hinted is None:  # a throttle without Retry-After: back off on our own
-            hinted = compute_backoff(deferrals, max_backoff_s=get_settings().max_backoff_s)
+        if isinstance(reason, ThrottledFailure):
+            # The provider throttled us: max(its Retry-After, a back-off that grows with each
+            # throttle in a row), so a 429 with "Retry-After: 0" is not answered at once again.
+            backoff = throttle_backoff(deferrals, max_backoff_s=max_backoff_s)
+            return min(max(hinted or 0.0, backoff), max_backoff_s)
+        if hinted is None:  # a refusal without a retry-after: back off on our own
+            hinted = compute_backoff(deferrals, max_backoff_s=max_backoff_s)
         # A small floor keeps a zero retry-after from spinning the job through the broker.
-        return min(max(hinted, 0.05), float(get_settings().max_backoff_s))
+        return min(max(hinted, 0.05), max_backoff_s)
 
     def _store_id_or_none(self) -> uuid.UUID | None:
         with suppress(ValidationFailure):

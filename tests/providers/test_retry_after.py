@@ -11,10 +11,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import httpx
 import pytest
 
 from providers.emulator.runner import EmulatorHandle, running_emulator
-from providers.errors import ProviderError, ProviderThrottled, ProviderUnavailable
+from providers.errors import (
+    ProviderError,
+    ProviderThrottled,
+    ProviderUnavailable,
+    retry_after_s,
+)
 from providers.gmail import GmailClient
 from providers.outlook import OutlookClient
 from providers.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
@@ -50,6 +56,27 @@ def test_the_parser_reads_both_forms_of_rfc_9110(header: str, seconds: float) ->
 )
 def test_the_parser_ignores_garbage(header: str | None) -> None:
     assert parse_retry_after(header, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("20, 30", 30.0),  # two header lines, as httpx joins them
+        ("30,20", 30.0),
+        ("soon, 5", 5.0),  # the unusable one is ignored, the usable one kept
+        ("-1, 4", 4.0),
+        ("Thu, 01 Jan 2026 00:01:00 GMT, 12", 60.0),  # a date's own comma does not split it
+        ("12, Thursday, 01-Jan-26 00:01:00 GMT", 60.0),
+    ],
+)
+def test_several_values_give_the_longest_usable_wait(header: str, seconds: float) -> None:
+    assert parse_retry_after(header, NOW) == pytest.approx(seconds)
+
+
+def test_two_retry_after_headers_on_a_real_response_give_the_longer() -> None:
+    response = httpx.Response(429, headers=[("Retry-After", "20"), ("Retry-After", "30")])
+
+    assert retry_after_s(response, now=NOW) == 30.0
 
 
 def test_the_cap_is_the_callers_to_choose() -> None:
