@@ -163,11 +163,23 @@ class OAuthSession:
         params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        check: Callable[[httpx.Response], None] | None = None,
     ) -> httpx.Response:
-        """One authorised call; a 401 refreshes once and retries; non-2xx raises ProviderError."""
+        """One authorised call; a 401 refreshes once and retries; non-2xx raises ProviderError.
+
+        ``check`` runs on a 2xx answer inside the guard and may raise a ProviderError for it
+        (a batch whose inner call failed), so the guard records that failure like any other.
+        """
         if self._credentials.needs_refresh(self._clock(), self._skew_s):
             self.refresh()
-        kwargs: dict[str, Any] = {"params": params, "json": json, "headers": headers}
+        kwargs: dict[str, Any] = {
+            "params": params,
+            "json": json,
+            "headers": headers,
+            "content": content,
+            "check": check,
+        }
         response = self._authorised(operation, cost, method, url, True, kwargs)
         if response.status_code == 401:
             self.refresh()
@@ -193,11 +205,20 @@ class OAuthSession:
             tolerate_401,
             params=kwargs["params"],
             json=kwargs["json"],
+            content=kwargs["content"],
+            check=kwargs["check"],
             headers=headers,
         )
 
     def _send(
-        self, operation: str, cost: int, method: str, url: str, tolerate_401: bool, **kwargs: Any
+        self,
+        operation: str,
+        cost: int,
+        method: str,
+        url: str,
+        tolerate_401: bool,
+        check: Callable[[httpx.Response], None] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send inside the guard, so it sees every request and every failure as it happens."""
         with self._guard(operation, cost):
@@ -212,9 +233,15 @@ class OAuthSession:
                     f"{operation} failed in transport ({type(exc).__name__})",
                     provider=self.provider,
                 ) from exc
+            if response.is_success and check is not None:
+                check(response)
             if response.is_success or (tolerate_401 and response.status_code == 401):
                 return response
             raise self._error(operation, response)
+
+    def error_of(self, operation: str, response: httpx.Response) -> ProviderError:
+        """The typed error of a failed answer (an inner answer of a batch, say), Retry-After set."""
+        return self._error(operation, response)
 
     def _error(self, operation: str, response: httpx.Response) -> ProviderError:
         """The typed error of a failed answer, with its Retry-After parsed here, once.

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from providers.emulator.runner import EmulatorHandle
+from providers.gmail_batch import BATCH_PATH
 from providers.oauth import OAuthCredentials
 
 
@@ -43,6 +46,8 @@ class Reply:
     delay_s: float = 0.0
     #: A text/plain body instead of JSON (Graph's validation handshake).
     text: str | None = None
+    #: A body of any type: (bytes, Content-Type).
+    raw: tuple[bytes, str] | None = None
 
 
 Handler = Callable[[Seen], Reply]
@@ -78,10 +83,15 @@ def scripted_server() -> Iterator[ScriptedServer]:
                 dict(self.headers.items()),
                 self.rfile.read(length),
             )
-            requests.append(seen)
-            reply = holder[0].handler(seen)
+            if parts.path == BATCH_PATH:  # Gmail's batch: each inner call scripted on its own
+                reply = _batch_reply(seen, requests, holder[0].handler)
+            else:
+                requests.append(seen)
+                reply = holder[0].handler(seen)
             time.sleep(reply.delay_s)
-            if reply.text is not None:
+            if reply.raw is not None:
+                payload, kind = reply.raw
+            elif reply.text is not None:
                 payload, kind = reply.text.encode(), "text/plain"
             else:
                 payload = b"" if reply.body is None else json.dumps(reply.body).encode()
@@ -112,6 +122,35 @@ def scripted_server() -> Iterator[ScriptedServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _batch_reply(seen: Seen, requests: list[Seen], handler: Handler) -> Reply:
+    """Answer a Gmail batch as Google does: each inner call through ``handler``, recorded as a
+    request of its own, its answer an application/http part with the call's Content-ID."""
+    kind = seen.headers.get("Content-Type", "")
+    envelope = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {kind}\r\n\r\n".encode() + seen.body
+    )
+    boundary = "batch_scripted"
+    chunks = []
+    for part in envelope.iter_parts():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        method, target, _ = payload.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        inner = urlsplit(target)
+        call = Seen(method, inner.path, parse_qs(inner.query), dict(seen.headers), b"")
+        requests.append(call)
+        reply = handler(call)
+        body = json.dumps(reply.body) if reply.body is not None else ""
+        head = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
+        content_id = str(part.get("Content-ID", "")).strip("<>")
+        chunks.append(
+            f"--{boundary}\r\nContent-Type: application/http\r\n"
+            f"Content-ID: <response-{content_id}>\r\n\r\n"
+            f"HTTP/1.1 {reply.status} X\r\nContent-Type: application/json\r\n{head}\r\n{body}\r\n"
+        )
+    chunks.append(f"--{boundary}--\r\n")
+    return Reply(raw=("".join(chunks).encode(), f"multipart/mixed; boundary={boundary}"))
 
 
 def token_reply(seen: Seen, token: str = "at-1", expires_in: int = 3600) -> Reply | None:

@@ -182,7 +182,7 @@ def test_watch_and_stop(box: Mailbox) -> None:
     assert box.control.get(f"/mailboxes/{box.address}").json()["watch"] is None
 
 
-def test_call_guard_sees_each_request_with_its_quota_cost(box: Mailbox) -> None:
+def test_call_guard_sees_each_request_and_a_batch_with_its_summed_cost(box: Mailbox) -> None:
     box.add("a")
     box.add("b")
     calls: list[tuple[str, int]] = []
@@ -200,8 +200,7 @@ def test_call_guard_sees_each_request_with_its_quota_cost(box: Mailbox) -> None:
         ("oauth.token", 0),
         ("getProfile", 1),
         ("messages.list", 5),
-        ("messages.get", 5),
-        ("messages.get", 5),
+        ("messages.get", 10),  # one batch of two calls: their summed cost
         ("watch", 100),
         ("stop", 50),
     ]
