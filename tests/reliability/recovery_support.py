@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from models import SyncJob
 from syncguard.settings import get_settings
+from tasks.audit import audit_jobs
 from tasks.queues import QUEUE_NAMES
 from tasks.recovery import recover_sync_jobs
 from tasks.sync.requests import sync_flight
@@ -122,8 +123,11 @@ def pool_children(proc: subprocess.Popen[str]) -> list[int]:
 
 
 def unsettled(engine: Engine, store_ids: list[uuid.UUID]) -> list[str]:
-    """What keeps the ledger from being settled: jobs not terminal, stores still pending."""
-    problems = []
+    """What keeps the ledger from being settled: jobs not terminal, stores still pending, and
+    whatever ``syncguard audit`` (tasks/audit.py) finds stuck."""
+    problems = [
+        f"audit: {v.kind} {v.subject}: {v.detail}" for v in audit_jobs(store_ids).violations
+    ]
     for store_id in store_ids:
         for job in jobs_of(engine, store_id):
             if job.status not in FINAL:

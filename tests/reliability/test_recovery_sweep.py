@@ -105,6 +105,7 @@ def test_a_lost_message_is_recovered_and_a_job_recovered_too_often_is_archived(
         nxt = request_sync(store_id)
         assert nxt is not None
         assert wait_for_job(engine, nxt).status is SyncJobStatus.SUCCEEDED
+        eventually(lambda: not unsettled(engine, [store_id]))
     assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.GMAIL)
 
 
