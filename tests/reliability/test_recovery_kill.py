@@ -48,8 +48,8 @@ from tests.worker import purge_queues
 BOUND_S = float(RECOVERY_ENV["SYNCGUARD_SYNC_LEASE_S"]) + float(
     RECOVERY_ENV["SYNCGUARD_SYNC_RECOVERY_SWEEP_S"]
 )
-#: ...plus the sweep's own run and the database's commit (a Beat tick is at most one period).
-BEAT_SLACK_S = 1.0
+#: ...plus the sweep's own run and its timer's drift on a loaded machine, seconds.
+BEAT_SLACK_S = 2.0
 
 
 @pytest.fixture(scope="module")
