@@ -11,6 +11,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -64,6 +65,15 @@ def add_listener(listener: Listener) -> None:
 def remove_listener(listener: Listener) -> None:
     """Stop announcing transitions to ``listener``."""
     _LISTENERS.remove(listener)
+
+
+@lru_cache(maxsize=64)
+def _encoded_args(config: CircuitBreakerConfig) -> tuple[bytes, ...]:
+    """The configuration's script arguments and the TTL, encoded once (as redis-py would)."""
+    return tuple(
+        repr(a).encode() if not isinstance(a, str) else a.encode()
+        for a in [*config.script_args(), STATE_TTL_S]
+    )
 
 
 def _keys(circuit: CircuitId, config: CircuitBreakerConfig) -> list[str]:
@@ -204,7 +214,7 @@ class CircuitBreaker:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one run of the script (for a composite script to run it too)."""
         config = self.config_for(circuit.circuit_name)
-        args: list[Any] = [op, repr(self.clock.now()), *config.script_args(), STATE_TTL_S]
+        args: list[Any] = [op, repr(self.clock.now()), *_encoded_args(config)]
         # The failure reason is often a provider's text: made storable, since a lone surrogate
         # cannot be encoded for Redis and a NUL cannot reach ``circuit_breaker_state``.
         reason = storable_text(failure_reason or "")
