@@ -4,12 +4,14 @@ API keys live in the CLI, the shell reaches the stack, `up` says where everythin
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
@@ -301,3 +303,42 @@ def test_routine_maintenance_runs_leave_no_line_in_a_worker_at_info(tmp_path: Pa
     assert "mirror_safeguard_state[" not in log and "heartbeat[" not in log
     # Other tasks keep their lines: the filter is not the worker's level.
     assert "tasks.maintenance.run_all_cleanup_tasks[" in log and "succeeded in" in log
+
+
+# --- point 1: the README's commands work as written -----------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+#: Tools `make run` installs into .venv: typed from the project root, they need the prefix.
+VENV_TOOLS = ("syncguard", "celery", "python", "pytest", "pip")
+
+
+def _readme_shell_lines() -> list[str]:
+    """Every line of the README's ``sh`` code blocks, without leading variable assignments."""
+    lines, inside = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```sh"
+            continue
+        if inside and line.strip() and not line.startswith(" "):
+            lines.append(re.sub(r"^([A-Z_]+=\S+\s+)+", "", line))
+    return lines
+
+
+def test_the_readme_types_every_installed_tool_with_its_venv_prefix() -> None:
+    bare = [line for line in _readme_shell_lines() if line.split()[0] in VENV_TOOLS]
+    assert bare == []  # `make run` puts nothing on PATH: `.venv/bin/<tool>` or it fails
+
+
+def test_every_syncguard_command_in_the_readme_exists() -> None:
+    named = set()
+    for line in _readme_shell_lines():
+        words = line.split()
+        if words[0] == ".venv/bin/syncguard" and not words[1].startswith("-"):
+            named.add((words[1], words[2] if len(words) > 2 else ""))
+    assert named, "the README names no syncguard command"
+    for command, sub in named:
+        assert command in main.commands, f"README: `syncguard {command}` is no such command"
+        group = main.commands[command]
+        if isinstance(group, click.Group) and sub and not sub.startswith(("-", "[")):
+            subs = sub.split("|")  # `api-key create|list|revoke`
+            assert all(s in group.commands for s in subs), f"README: `{command} {sub}`"
