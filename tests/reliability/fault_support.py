@@ -40,7 +40,8 @@ def settle(
         eventually(done, timeout_s)
     except AssertionError:
         left = unsettled(engine, [*stores, *others])[:10]
-        raise AssertionError(f"not settled: {left}") from None
+        copies = audit(stores).violations[:10]
+        raise AssertionError(f"not settled: {left}; copies: {copies}") from None
 
 
 def audit(stores: Stores) -> Audit:
