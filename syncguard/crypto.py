@@ -8,11 +8,15 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING, Any
 
 from syncguard.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
+
+# cryptography's Rust bindings (~9 MB of RSS, bench/worker_memory.py) load on first use: every
+# worker imports this module (outbound endpoints), few processes encrypt anything while idle.
 
 #: The development/test key file, under ``settings.home``.
 KEY_FILE = "encryption.key"
@@ -34,6 +38,8 @@ class CredentialCipher:
     def __init__(self, keys: Sequence[str | bytes]) -> None:
         if not keys:
             raise EncryptionConfigError("at least one Fernet key is needed")
+        from cryptography.fernet import Fernet, MultiFernet
+
         fernets = []
         for position, key in enumerate(keys, start=1):
             try:
@@ -44,7 +50,7 @@ class CredentialCipher:
                     f"encryption key #{position} is not a valid Fernet key "
                     "(32 url-safe base64-encoded bytes)"
                 ) from exc
-        self._cipher = MultiFernet(fernets)
+        self._cipher: MultiFernet = MultiFernet(fernets)
 
     def encrypt_json(self, obj: Any) -> bytes:
         """``obj`` as JSON, encrypted with the newest key."""
@@ -52,6 +58,8 @@ class CredentialCipher:
 
     def decrypt_json(self, token: bytes | str) -> Any:
         """The JSON value inside ``token``; DecryptionError if no key opens it."""
+        from cryptography.fernet import InvalidToken
+
         try:
             plain = self._cipher.decrypt(token)
         except InvalidToken:
@@ -63,6 +71,8 @@ class CredentialCipher:
 
     def rotate(self, token: bytes | str) -> bytes:
         """``token`` re-encrypted with the newest key; DecryptionError if no key opens it."""
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._cipher.rotate(token)
         except InvalidToken:
@@ -79,6 +89,8 @@ def _development_key(home: Path) -> str:
         fd, tmp = tempfile.mkstemp(dir=home, prefix=".encryption.key.")
         try:
             os.fchmod(fd, KEY_FILE_MODE)
+            from cryptography.fernet import Fernet
+
             os.write(fd, Fernet.generate_key())
             os.close(fd)
             # os.link is atomic: a concurrent creator wins and everyone reads its key.

