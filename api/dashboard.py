@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from api.api_keys import Principal, verify
-from api.auth import authenticate, read_session, scope, settings_of
+from api.auth import GuardedRoute, authenticate, read_session, scope, settings_of
 from api.sessions import end_session, open_session
 from api.v1 import queries as v1_queries
 from api.v1.archive import entry_json
@@ -52,7 +52,8 @@ KEY_IN_URL = (
     "logs. Paste the key into the form below."
 )
 
-router = APIRouter(prefix="/dashboard")
+# GuardedRoute, as /api/v1: our own outage (database, Redis down) answers 503, never 500.
+router = APIRouter(prefix="/dashboard", route_class=GuardedRoute)
 
 
 def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
