@@ -19,7 +19,13 @@ from pathlib import Path
 from bench.harness import Benchmark, Result, run
 
 #: Benchmark modules, in the order of the issue's table; each exposes BENCHMARKS.
-MODULES = ["bench.rate_limit", "bench.guard", "bench.tasks", "bench.receiver", "bench.worker_memory"]
+MODULES = [
+    "bench.rate_limit",
+    "bench.guard",
+    "bench.tasks",
+    "bench.receiver",
+    "bench.worker_memory",
+]
 #: Interleaved rounds per benchmark (median of the per-round ratios).
 ROUNDS_FULL = 7
 ROUNDS_QUICK = 3
