@@ -101,6 +101,13 @@ def test_an_unreachable_database_is_one_error_line(args: list[str]) -> None:
     assert "127.0.0.1" in line or "database" in line or "Redis" in line
 
 
+def test_verbose_adds_the_traceback_to_the_error_line() -> None:
+    done = _run(["-v", "api-key", "list"], {**os.environ, **UNREACHABLE})
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "OperationalError" in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: database error: ")
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("SYNCGUARD_API_PORT", "not-a-port"), ("SYNCGUARD_SAFEGUARD_FAIL_MODE", "secret-value")],

@@ -47,8 +47,12 @@ class SyncguardGroup(click.Group):
         """Run the command; a known error becomes a ``click.ClickException`` (exit code 1)."""
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:
+            if exc.__cause__ is not None:  # a command's own one-liner for a caught error
+                log.debug("the command failed", exc_info=exc.__cause__)  # shown with --verbose
+            raise
         except KNOWN_ERRORS as exc:
-            log.debug("the command failed", exc_info=True)  # shown with --verbose
+            log.debug("the command failed", exc_info=True)
             raise click.ClickException(describe(exc)) from exc
 
 
