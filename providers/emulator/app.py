@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -68,6 +69,7 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
 async def _count_statuses(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
+    start = time.time()  # wall clock: the log is compared across calls, not timed
     response = await call_next(request)
     stat: tuple[str, str] | None = getattr(request.state, "stat", None)
     if stat is not None:
@@ -75,5 +77,5 @@ async def _count_statuses(
         with ctx.state.lock:
             box = ctx.state.mailboxes.get(stat[0])
             if box is not None:
-                box.stats.record_response(stat[1], response.status_code)
+                box.stats.record_response(stat[1], response.status_code, start, time.time())
     return response

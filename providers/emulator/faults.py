@@ -179,10 +179,17 @@ class MailboxStats:
     responses: dict[str, Counter[str]] = field(default_factory=dict)
     notifications_dropped: int = 0
     deliveries: list[dict[str, object]] = field(default_factory=list)
+    #: The request log: one entry per answered API request, {endpoint, status, start, end}
+    #: (epoch seconds), so a test can check the calls against a store's rate limits.
+    calls: list[dict[str, object]] = field(default_factory=list)
 
-    def record_response(self, endpoint: str, status: int) -> None:
-        """Count one answered request."""
+    def record_response(
+        self, endpoint: str, status: int, start: float | None = None, end: float | None = None
+    ) -> None:
+        """Count one answered request (and log it when its times are given)."""
         self.responses.setdefault(endpoint, Counter())[str(status)] += 1
+        if start is not None and end is not None:
+            self.calls.append({"endpoint": endpoint, "status": status, "start": start, "end": end})
 
     def as_json(self) -> dict[str, object]:
         """The stats as the control API returns them."""
@@ -192,4 +199,5 @@ class MailboxStats:
             "notifications_dropped": self.notifications_dropped,
             "notifications_sent": sum(d["kind"] != "graph_validation" for d in self.deliveries),
             "deliveries": list(self.deliveries),
+            "calls": list(self.calls),
         }
