@@ -231,7 +231,8 @@ class GmailClient:
     def _call(self, operation: str, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self._root}/{path}"
         response = self.session.request(operation, self.costs[operation], method, url, **kwargs)
-        return response.json() if response.content else {}
+        with payload_errors(PROVIDER, operation):  # a success whose body is not JSON
+            return response.json() if response.content else {}
 
     def current_cursor(self) -> str:
         """The mailbox's current historyId (spends ``getProfile``)."""
@@ -252,6 +253,8 @@ class GmailClient:
             body = self._call(
                 "messages.get", "GET", f"messages/{quote(message_id, safe='')}", params=params
             )
+        except ProviderPayloadError as exc:  # a success whose body is not JSON
+            return UnreadableItem(message_id, type(exc).__name__, str(exc))
         except Exception as exc:  # the call guard may re-raise it as its own failure type
             status = request_error_status(exc)
             if status in GONE_STATUSES:  # deleted since it was listed: not an error

@@ -175,7 +175,8 @@ class OutlookClient:
 
     def _call(self, operation: str, method: str, url: str, **kwargs: Any) -> Any:
         response = self.session.request(operation, self.costs[operation], method, url, **kwargs)
-        return response.json() if response.content else {}
+        with payload_errors(PROVIDER, operation):  # a success whose body is not JSON
+            return response.json() if response.content else {}
 
     def _follow(self, link: str) -> str:
         """A nextLink/deltaLink, refused unless it points at our Graph host (it gets our token)."""

@@ -326,3 +326,21 @@ def test_a_message_deleted_since_it_was_listed_is_skipped_through_the_real_guard
     assert result.state == "SUCCESS", result.result
     assert _stored(engine, store_id) == ["m1", "m3"]
     assert list_entries(ArchiveFilter(store_id=store_id)) == []
+
+
+def test_a_listing_answered_with_a_body_that_is_not_json_is_a_data_error(
+    engine: Engine, gmail: ScriptedServer
+) -> None:
+    # Given Gmail answering messages.list 200 with an HTML page instead of JSON
+    page = Reply(200, text="<html>Service hiccup</html>")
+    gmail.handler = _gmail(lambda seen: page if seen.path == f"{ROOT}/messages" else None)
+    store_id = _store(engine)
+
+    result = _sync(store_id)
+
+    # Then it is archived at once as the data error it is (a ValueError before: retried 5x)
+    assert result.state == "FAILURE"
+    [entry] = list_entries(ArchiveFilter(store_id=store_id))
+    assert entry.failure_category is FailureCategory.VALIDATION
+    assert entry.retry_count == 0
+    assert "messages.list: unreadable answer" in entry.failure_reason
