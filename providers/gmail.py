@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -291,7 +292,7 @@ class GmailClient:
             for n, message_id in enumerate(message_ids)
         }
         kind, body = gmail_batch.encode(calls)
-        answers: dict[str, httpx.Response] = {}
+        answers: dict[str, gmail_batch.Answer] = {}
 
         def check(response: httpx.Response) -> None:
             try:
@@ -302,10 +303,10 @@ class GmailClient:
                 raise ProviderPayloadError(
                     f"messages.get batch: no answer to {len(missing)} calls", provider=PROVIDER
                 )
-            failed = [a for a in answers.values() if a.status_code not in ITEM_STATUSES]
+            failed = [a for a in answers.values() if a.status not in ITEM_STATUSES]
             if failed:  # a throttle first: its Retry-After is the one worth obeying
-                failed.sort(key=lambda a: a.status_code not in (429, 403))
-                raise self.session.error_of("messages.get", failed[0])
+                failed.sort(key=lambda a: a.status not in (429, 403))
+                raise self.session.error_of("messages.get", failed[0].response())
 
         cost = self.costs["messages.get"] * len(message_ids)
         headers = {"Content-Type": kind}
@@ -321,19 +322,17 @@ class GmailClient:
         return [self._item(i, answers[str(n)]) for n, i in enumerate(message_ids)]
 
     def _item(
-        self, message_id: str, answer: httpx.Response
+        self, message_id: str, answer: gmail_batch.Answer
     ) -> RemoteMessage | UnreadableItem | None:
         """One inner answer, read as ``get_message`` reads a plain one."""
-        if answer.status_code in GONE_STATUSES:
+        if answer.status in GONE_STATUSES:
             return None
-        if answer.status_code in BAD_ITEM_STATUSES:
-            error = self.session.error_of("messages.get", answer)
-            return UnreadableItem(
-                message_id, f"ProviderRequestError {answer.status_code}", str(error)
-            )
+        if answer.status in BAD_ITEM_STATUSES:
+            error = self.session.error_of("messages.get", answer.response())
+            return UnreadableItem(message_id, f"ProviderRequestError {answer.status}", str(error))
         try:
             with payload_errors(PROVIDER, "messages.get"):
-                return parse_message(answer.json())
+                return parse_message(json.loads(answer.body))
         except ProviderPayloadError as exc:
             return UnreadableItem(message_id, type(exc).__name__, str(exc))
 

@@ -16,7 +16,7 @@ import re
 import secrets
 from email.message import Message as MimeMessage
 from email.parser import BytesParser
-from email.policy import HTTP
+from email.policy import compat32
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -47,12 +47,12 @@ async def batch(request: Request) -> Response:
     with ctx.state.lock:
         box.stats.requests["gmail.batch"] += 1
     kind = request.headers.get("content-type", "")
-    envelope = BytesParser(policy=HTTP).parsebytes(
+    envelope = BytesParser(policy=compat32).parsebytes(
         f"Content-Type: {kind}\r\n\r\n".encode() + await request.body()
     )
     if not envelope.is_multipart():
         raise gmail_error(400, "A batch body must be multipart/mixed.", "invalidArgument")
-    parts = list(envelope.iter_parts())
+    parts = [p for p in envelope.get_payload() if isinstance(p, MimeMessage)]
     if not parts or len(parts) > MAX_CALLS:
         raise gmail_error(400, f"A batch holds 1..{MAX_CALLS} calls.", "invalidArgument")
     answers = [(part.get("Content-ID"), await _answer(ctx, box, part)) for part in parts]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import BytesParser
-from email.policy import HTTP
+from email.policy import compat32
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -128,12 +128,13 @@ def _batch_reply(seen: Seen, requests: list[Seen], handler: Handler) -> Reply:
     """Answer a Gmail batch as Google does: each inner call through ``handler``, recorded as a
     request of its own, its answer an application/http part with the call's Content-ID."""
     kind = seen.headers.get("Content-Type", "")
-    envelope = BytesParser(policy=HTTP).parsebytes(
+    envelope = BytesParser(policy=compat32).parsebytes(
         f"Content-Type: {kind}\r\n\r\n".encode() + seen.body
     )
     boundary = "batch_scripted"
     chunks = []
-    for part in envelope.iter_parts():
+    for part in envelope.get_payload():
+        assert not isinstance(part, str)
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)
         method, target, _ = payload.split(b"\r\n", 1)[0].decode().split(" ", 2)
