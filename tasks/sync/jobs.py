@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -52,20 +52,42 @@ def create_job(
     The one rule for every caller (application code, API, Beat, CLI): only an active store is
     synced. Raises ValidationFailure for an unknown store, StoreNotSyncable for an inactive one.
     """
-    with session_or_new(session) as session:
-        store = session.get(Store, store_id)
-        if store is None:
-            raise ValidationFailure(f"store {store_id} does not exist")
-        if store.status is not StoreStatus.ACTIVE:
+    new_id = job_id or uuid.uuid4()
+    with session_or_new(session) as s:
+        # One statement: the row is written only for an active store, its kind read from the
+        # store's cursor; the store is looked at again only to say why nothing was written.
+        created = s.execute(_insert_job(store_id, trigger, new_id, celery_task_id)).scalar()
+        if created is None:
+            store = s.get(Store, store_id)
+            if store is None:
+                raise ValidationFailure(f"store {store_id} does not exist")
             raise StoreNotSyncable(store_id, store.status, store.status_reason)
-        kind = SyncKind.INCREMENTAL if store.sync_cursor else SyncKind.FULL
-        job = SyncJob(store_id=store_id, kind=kind, trigger=trigger, checkpoint={})
-        job.celery_task_id, job.eta = celery_task_id, func.now()
-        if job_id is not None:
-            job.id = job_id
-        session.add(job)
-        session.flush()
-        return job.id
+        return new_id
+
+
+def _insert_job(
+    store_id: uuid.UUID, trigger: SyncTrigger, job_id: uuid.UUID, celery_task_id: str | None
+) -> Any:
+    """``INSERT INTO sync_jobs … SELECT … FROM stores WHERE id = … AND status = 'active'``."""
+    jobs = SyncJob.__table__.c
+    kind = case(
+        (func.coalesce(Store.sync_cursor, "") == "", literal(SyncKind.FULL, jobs.kind.type)),
+        else_=literal(SyncKind.INCREMENTAL, jobs.kind.type),
+    )
+    row = select(
+        literal(job_id, jobs.id.type),
+        Store.business_id,
+        Store.id,
+        kind,
+        literal(trigger, jobs.trigger.type),
+        literal({}, jobs.checkpoint.type),
+        literal(celery_task_id, jobs.celery_task_id.type),
+        func.now(),
+    ).where(Store.id == store_id, Store.status == StoreStatus.ACTIVE)
+    columns = ["id", "business_id", "store_id", "kind", "trigger", "checkpoint"]
+    return (
+        insert(SyncJob).from_select([*columns, "celery_task_id", "eta"], row).returning(SyncJob.id)
+    )
 
 
 def start_job(
