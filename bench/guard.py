@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pybreaker
 import redis
 
+from bench.half_open_race import half_open_race
 from bench.harness import Benchmark, Pair
 from models import Provider
 from safeguards.circuit_breaker.breaker import CircuitBreaker
@@ -93,10 +94,15 @@ def _breaker_setup(quick: bool) -> Pair:
         theirs.call(lambda: None)
 
     calls = 500 if quick else 3_000
-    return Pair(
+    pair = Pair(
         ours=lambda: 1 / _per_call_s(our_pair, calls),
         peer=lambda: 1 / _per_call_s(their_pair, calls),
     )
+    ours_admitted, theirs_admitted = half_open_race()
+    pair.notes["half-open race, 8 processes, 3 trials permitted"] = (
+        f"ours admitted {ours_admitted}, pybreaker {theirs_admitted}"
+    )
+    return pair
 
 
 #: Issue 12 goals 1 and 3: guard() within 2x a PING; breaker pairs/s at least pybreaker's.
