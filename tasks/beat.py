@@ -30,8 +30,11 @@ from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.errors import SafeguardUnavailable
 from safeguards.redis_state import LuaScript, get_redis, key, run_script
 from syncguard.settings import get_settings
+from tasks.routine_logs import install_routine_run_filter
 
 log = logging.getLogger(__name__)
+# Beat loads this scheduler, not the task modules: the quiet-upkeep filter is installed here.
+install_routine_run_filter()
 
 #: Key kind of the per-entry "last claimed run" (``<prefix>beat:{entry}:last_run``).
 CLAIM_KIND = "beat"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -19,41 +18,13 @@ from syncguard.db import get_engine
 from syncguard.services import current_services
 from tasks import app
 from tasks.queues import QUEUE_NAMES
+from tasks.routine_logs import install_routine_run_filter
 
 log = logging.getLogger(__name__)
 
-#: Beat's frequent upkeep (the mirror runs every 5 s, the others every minute): Celery's INFO
-#: lines for each run ("Sending due task", "received", "succeeded") are dropped, as they would
-#: drown everything else; a failure or a retry is still logged, and ``-l debug`` shows every run.
-ROUTINE_TASKS = frozenset(
-    {
-        "tasks.maintenance.mirror_safeguard_state",
-        "tasks.maintenance.collect_metrics",
-        "tasks.maintenance.heartbeat",
-    }
-)
-#: The loggers of those lines: Beat's, the worker's on receipt, the task tracer's on success.
-_RUN_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
-
-
-class RoutineRunFilter(logging.Filter):
-    """Drops Celery's INFO line about one run of a ``ROUTINE_TASKS`` task, unless at DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """False for a routine run's INFO line (Celery names the task in its arguments)."""
-        if record.levelno != logging.INFO or logging.getLogger().isEnabledFor(logging.DEBUG):
-            return True
-        args = record.args
-        if isinstance(args, Mapping):  # worker: {"name": task, "id": ...}
-            return args.get("name") not in ROUTINE_TASKS
-        # Beat: "Scheduler: Sending due task %s (%s)" % (entry name, task name)
-        return not (isinstance(args, tuple) and len(args) == 2 and args[1] in ROUTINE_TASKS)
-
-
-# Installed on import: the worker and Beat both import this module (the app's includes) before
-# their first run; a filter on the logger survives whatever handlers Celery sets up.
-for _name in _RUN_LOGGERS:
-    logging.getLogger(_name).addFilter(RoutineRunFilter())
+# The worker imports this module (the app's includes) before its first run; Beat installs the
+# same filter from its scheduler (tasks/beat.py).
+install_routine_run_filter()
 
 
 @app.task(name="tasks.maintenance.heartbeat", bind=True)  # type: ignore[untyped-decorator]

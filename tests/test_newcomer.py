@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import pytest
+import redis
 from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
@@ -27,7 +28,7 @@ from syncguard.cli.up import _banner, stack_children
 from syncguard.db import service_session
 from syncguard.settings import Settings
 from tasks.maintenance import heartbeat, mirror_safeguard_state, run_all_cleanup_tasks
-from tasks.queues import QUEUE_NAMES
+from tasks.queues import MAINTENANCE, QUEUE_NAMES
 from tests.factories import make_business, make_store
 from tests.sync_support import eventually
 from tests.worker import purge_queues, stop
@@ -349,3 +350,25 @@ def test_every_syncguard_command_in_the_readme_exists() -> None:
         if isinstance(group, click.Group) and sub and not sub.startswith(("-", "[")):
             subs = sub.split("|")  # `api-key create|list|revoke`
             assert all(s in group.commands for s in subs), f"README: `{command} {sub}`"
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_beat_logs_the_mirrors_runs_only_at_debug(
+    level: str, tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    # The mirror is due every 5 s: Beat at INFO would log a line each time.
+    purge_queues()
+    queue = f"{os.environ['SYNCGUARD_REDIS_PREFIX']}{MAINTENANCE}"  # kombu's list of the queue
+    log_path = tmp_path / "beat.log"
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "-l", level]
+    argv += ["-s", str(tmp_path / "schedule")]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Published after its log line: once the run is queued, the line is written or not.
+        eventually(lambda: redis_client.llen(queue) > 0, timeout_s=60)
+    finally:
+        stop(proc)
+        purge_queues()
+    sent = "Sending due task maintenance.mirror_safeguard_state" in log_path.read_text()
+    assert sent is (level == "debug")
