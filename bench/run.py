@@ -24,6 +24,7 @@ MODULES = [
     "bench.guard",
     "bench.tasks",
     "bench.receiver",
+    "bench.ingest",
     "bench.worker_memory",
 ]
 #: Interleaved rounds per benchmark (median of the per-round ratios).

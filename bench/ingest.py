@@ -1,0 +1,114 @@
+"""Sync ingest, messages/s: the product's full sync against a naive per-row ORM loop.
+
+Each provider's benchmark seeds an emulator (its own process) with the mailbox, then alternates
+rounds: ours is a full sync of it by ``SyncRun`` (guard with the store's limits raised, the real
+adapter over HTTP, each page committed with its checkpoint), the peer writes the same number of
+rows with one ORM ``INSERT`` each. PostgreSQL ``COPY`` of the rows is the second figure in the
+notes (measured once), with each contestant's peak RSS. Ours syncs 5,000 messages in quick mode
+and 100,000 in the full run; the naive loop is a rate, linear in the rows, so it writes at most
+2,000 rows a round in quick mode and 10,000 in the full run (100,000 would take it minutes).
+Every round is a process of its own (``bench.ingest_run``) on a database of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import create_engine, make_url, text
+
+from bench.harness import Benchmark, Pair
+from syncguard.migrate import upgrade
+from syncguard.services import ensure_services
+from syncguard.settings import get_settings
+
+QUICK_COUNT, FULL_COUNT = 5_000, 100_000
+#: Most rows the naive peer writes a round: quick, full.
+NAIVE_MAX = {True: 2_000, False: 10_000}
+
+
+def _database() -> tuple[str, Callable[[], None]]:
+    """A fresh, migrated database and how to drop it."""
+    urls = ensure_services(get_settings())
+    admin = create_engine(urls.database_url, isolation_level="AUTOCOMMIT")
+    name = f"syncguard_bench_ingest_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(urls.database_url).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+def _measure(env: dict[str, str], mode: str, provider: str, count: int) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.ingest_run", mode, provider, str(count)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ingest_run {mode} {provider} failed: {done.stderr[-2000:]}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def _setup(provider: str) -> Callable[[bool], Pair]:
+    def setup(quick: bool) -> Pair:
+        count = QUICK_COUNT if quick else FULL_COUNT
+        db_url, drop = _database()
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "bench.ingest_emulator", provider, str(count)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert emulator.stdout is not None
+        line = emulator.stdout.readline()
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "BENCH_EMULATOR": line,
+            "SYNCGUARD_REDIS_PREFIX": f"benchingest{uuid.uuid4().hex[:8]}:",
+        }
+        notes: dict[str, str] = {}
+        rss: dict[str, list[float]] = {"sync": [], "naive": []}
+
+        def contestant(mode: str) -> Callable[[], float]:
+            def measure() -> float:
+                rows = count if mode == "sync" else min(count, NAIVE_MAX[quick])
+                figures = _measure(env, mode, provider, rows)
+                rss[mode].append(figures["rss_mb"])
+                notes[f"peak RSS {mode} ({rows:,} msgs), MiB"] = f"{max(rss[mode]):.0f}"
+                if mode == "naive" and "COPY msgs/s" not in notes:  # the ceiling, measured once
+                    copy = _measure(env, "copy", provider, rows)
+                    notes["COPY msgs/s"] = f"{copy['rate']:,.0f}"
+                return figures["rate"]
+
+            return measure
+
+        def close() -> None:
+            emulator.kill()
+            emulator.wait()
+            drop()
+
+        notes["messages"] = f"{count:,}"
+        return Pair(contestant("sync"), contestant("naive"), close, notes)
+
+    return setup
+
+
+BENCHMARKS = [
+    Benchmark(
+        name=f"{provider} sync ingest",
+        unit="msgs/s",
+        peer_name="naive ORM loop",
+        goal=10.0,
+        setup=_setup(provider),
+    )
+    for provider in ("gmail", "outlook")
+]
