@@ -255,7 +255,7 @@ def _stack(quick: bool) -> Stack:
 
 def _sizes(quick: bool) -> tuple[int, int]:
     """(latency samples, throughput requests) per round and side."""
-    return (40, 200) if quick else (150, 600)
+    return (30, 120) if quick else (150, 600)
 
 
 def _latency_setup(quick: bool) -> Pair:

@@ -2,8 +2,9 @@
 
 Both run on the same broker (each on a queue of its own), at ``-l info`` so their "ready" line
 says when start-up is over; then, after ``SETTLE_S`` idle, the resident set (RSS, psutil) of
-the worker and its two pool children is summed (lower is better, goal 8 of issue 12). The notes
-add the per-child RSS and the unique set (USS: what a child does not share with its parent).
+the worker and its two pool children is summed (lower is better, goal 8 of issue 12). Both
+workers start once; each round samples them again. The notes add the per-child RSS and the
+unique set (USS: what a child does not share with its parent).
 ``python -m bench.worker_memory`` prints one measurement of each.
 """
 
@@ -39,58 +40,81 @@ class Footprint:
     child_uss_mb: float
 
 
-def measure(app: str) -> Footprint:
-    """Start ``celery -A app worker -P prefork -c 2``, wait until idle, measure, stop it."""
-    urls = ensure_services(get_settings())
-    tag = uuid.uuid4().hex[:10]
-    env = {
-        **os.environ,
-        "REDIS_URL": urls.redis_url,
-        "BROKER_URL": urls.broker_url,
-        "SYNCGUARD_REDIS_PREFIX": f"benchmem{tag}:",
-    }
-    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", "2"]
-    argv += ["-Q", f"benchmem{tag}", "-l", "info", "--without-gossip", "--without-mingle"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ready = threading.Event()
+class IdleWorker:
+    """``celery -A app worker -P prefork -c 2`` on a queue of its own, started and left idle."""
 
-    def watch() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
+    def __init__(self, app: str) -> None:
+        urls = ensure_services(get_settings())
+        tag = uuid.uuid4().hex[:10]
+        env = {
+            **os.environ,
+            "REDIS_URL": urls.redis_url,
+            "BROKER_URL": urls.broker_url,
+            "SYNCGUARD_REDIS_PREFIX": f"benchmem{tag}:",
+        }
+        argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", "prefork", "-c", "2"]
+        argv += ["-Q", f"benchmem{tag}", "-l", "info", "--without-gossip", "--without-mingle"]
+        self.app = app
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._ready = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # read to the end: a full pipe would block the worker
             if b" ready." in line:
-                ready.set()
+                self._ready.set()
 
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        if not ready.wait(READY_TIMEOUT_S):
-            raise RuntimeError(f"worker {app} did not become ready (exit code {proc.poll()})")
+    def wait_idle(self) -> None:
+        """Until the worker said "ready", plus ``SETTLE_S``."""
+        if not self._ready.wait(READY_TIMEOUT_S):
+            raise RuntimeError(f"worker {self.app} not ready (exit code {self.proc.poll()})")
         time.sleep(SETTLE_S)
-        parent = psutil.Process(proc.pid)
+
+    def footprint(self) -> Footprint:
+        """The worker's and its children's memory now."""
+        parent = psutil.Process(self.proc.pid)
         children = parent.children(recursive=True)
         rss = [p.memory_info().rss for p in [parent, *children]]
         uss = [p.memory_full_info().uss for p in children]
         n = max(len(children), 1)
         return Footprint(sum(rss) / 2**20, sum(rss[1:]) / n / 2**20, sum(uss) / n / 2**20)
-    finally:
-        proc.terminate()
+
+    def stop(self) -> None:
+        """Stop the worker (warm shutdown, then kill)."""
+        self.proc.terminate()
         try:
-            proc.wait(20)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
 
 
 def _setup(quick: bool) -> Pair:
-    seen: dict[str, list[Footprint]] = {"ours": [], "stock": []}
+    # Both workers start once and stay idle; each round samples them again (alternately).
+    workers = {"ours": IdleWorker("tasks"), "stock": IdleWorker(STOCK_APP)}
+    try:
+        for worker in workers.values():
+            worker.wait_idle()
+    except BaseException:
+        for worker in workers.values():
+            worker.stop()
+        raise
 
-    def side(name: str, app: str) -> float:
-        found = measure(app)
-        seen[name].append(found)
+    def side(name: str) -> float:
+        time.sleep(0.5)
+        found = workers[name].footprint()
         pair.notes[f"{name} per child RSS / USS MB"] = (
             f"{found.child_rss_mb:.0f} / {found.child_uss_mb:.0f}"
         )
         return found.total_mb
 
-    pair = Pair(ours=lambda: side("ours", "tasks"), peer=lambda: side("stock", STOCK_APP))
+    def close() -> None:
+        for worker in workers.values():
+            worker.stop()
+
+    pair = Pair(ours=lambda: side("ours"), peer=lambda: side("stock"), close=close)
     return pair
 
 
@@ -110,7 +134,12 @@ BENCHMARKS = [
 def main() -> None:
     """One measurement of each (``python -m bench.worker_memory``)."""
     for name, app in (("syncguard", "tasks"), ("stock Celery", STOCK_APP)):
-        found = measure(app)
+        worker = IdleWorker(app)
+        try:
+            worker.wait_idle()
+            found = worker.footprint()
+        finally:
+            worker.stop()
         print(
             f"{name:14} total {found.total_mb:6.1f} MB; per child RSS {found.child_rss_mb:5.1f}"
             f" MB, USS {found.child_uss_mb:5.1f} MB"
