@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import Engine, delete, func, select, update
 
-from models import Provider, Store, StoreStatus, SyncJob
+from models import Provider, Store, StoreStatus, SyncJob, SyncJobStatus
 from providers.emulator.runner import free_port
 from syncguard.db import service_session
 from tests.api.conftest import (
@@ -253,6 +253,8 @@ def api_process(
     }
     if request.param == "database":
         env["DATABASE_URL"] = f"postgresql+psycopg://postgres@{CLOSED}/nowhere"
+    elif request.param == "broker":  # the database and the safeguards' Redis stay up
+        env["BROKER_URL"] = f"redis://{CLOSED}/0"
     else:
         env["REDIS_URL"] = env["BROKER_URL"] = f"redis://{CLOSED}/0"
     port = free_port()
@@ -300,3 +302,27 @@ def test_our_own_outage_answers_503_so_the_sender_retries(
             {"error": "temporarily unavailable"},
         )
     assert jobs_of(engine, store.id) == [] and jobs_of(engine, sub_store.id) == []
+
+
+@pytest.mark.parametrize("api_process", ["broker"], indirect=True)
+def test_a_broker_outage_after_the_commit_answers_503_and_leaves_the_job_to_the_sweep(
+    api_process: str, engine: Engine, push_key: rsa.RSAPrivateKey
+) -> None:
+    # Given active stores whose notifications reach our database but not the broker
+    store = new_store(engine, Provider.GMAIL)
+    body = push_body(store.mailbox_address)
+    sub_store = new_store(engine, Provider.OUTLOOK)
+    sub = new_subscription(engine, sub_store, "state")
+
+    with httpx.Client(base_url=api_process, timeout=30) as down:
+        gmail = signed_push(down, api_process, push_key, body)
+        graph = down.post("/webhooks/outlook", json={"value": [change(sub, "state")]})
+
+    # Then both senders are told to retry: the job rows committed in the receivers' one
+    # transaction stay queued for the recovery sweep (the ledger), and the delivery rows that
+    # acknowledged them were withdrawn (the 503 is logged instead, naming no store)
+    for response, store_id in ((gmail, store.id), (graph, sub_store.id)):
+        assert response.status_code == 503
+        [job] = jobs_of(engine, store_id)
+        assert job.status == SyncJobStatus.QUEUED and job.celery_task_id is not None
+        assert deliveries(engine, store_id=store_id) == []
