@@ -34,6 +34,10 @@ RECONCILE_STORES_EVERY_S = get_settings().reconciliation_interval_s
 #: behind, seconds (a setting: part of the recovery bound, see tasks/recovery.py).
 RECOVER_SYNC_JOBS_EVERY_S = get_settings().sync_recovery_sweep_s
 
+#: How often the outbound sweep re-publishes messages the broker lost, seconds (a setting: part
+#: of the outbound recovery bound, see tasks/outbound/ledger.py).
+RECOVER_OUTBOUND_EVERY_S = get_settings().outbound_recovery_sweep_s
+
 #: When the daily retention cleanup runs: 03:30 in the app's timezone (UTC), a quiet hour.
 RETENTION_CLEANUP_AT = crontab(hour=3, minute=30)
 
@@ -71,6 +75,9 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     ),
     "maintenance.recover_sync_jobs": _every(
         "tasks.recovery.recover_sync_jobs", RECOVER_SYNC_JOBS_EVERY_S, MAINTENANCE
+    ),
+    "maintenance.recover_outbound_messages": _every(
+        "tasks.outbound.ledger.recover_outbound_messages", RECOVER_OUTBOUND_EVERY_S, MAINTENANCE
     ),
     "maintenance.run_all_cleanup_tasks": {
         "task": "tasks.maintenance.run_all_cleanup_tasks",

@@ -19,6 +19,7 @@ from models.enums import (
     SyncTrigger,
 )
 from models.operations import Alert, CleanupAuditLog, SystemHealthMetric
+from models.outbound import OutboundMessage, OutboundStatus
 from models.safeguards import (
     ALL_OPERATIONS,
     CircuitBreakerState,
@@ -64,6 +65,8 @@ __all__ = [
     "FailedJobArchive",
     "FailureCategory",
     "MetricType",
+    "OutboundMessage",
+    "OutboundStatus",
     "Provider",
     "ProviderRateLimit",
     "ReviewResolution",

@@ -109,6 +109,12 @@ FAILED_DELIVERIES = RetentionPolicy("failed_job_archive", (
          " AND created_at < :cutoff AND reviewed_at < :cutoff",
          lambda s: s.cleanup_failed_delivery_retention_days),
 ))
+#: The outbound ledger's finished messages (delivered, archived, dropped), kept as long as
+#: failed deliveries' log rows; queued or delivering ones are the sweep's, never deleted here.
+OUTBOUND_MESSAGES = RetentionPolicy("outbound_messages", (
+    Rule("status IN ('delivered', 'archived', 'dropped') AND updated_at < :cutoff",
+         lambda s: s.cleanup_delivery_failure_retention_days),
+))
 #: System health metrics past retention (BRIN on measured_at).
 HEALTH_METRICS = RetentionPolicy("system_health_metrics", (
     Rule("measured_at < :cutoff", lambda s: s.cleanup_health_metrics_retention_days),
@@ -173,6 +179,11 @@ def cleanup_failed_webhook_deliveries(**options: Unpack[CleanupOptions]) -> Clea
     return apply_policy(FAILED_DELIVERIES, **options)
 
 
+def cleanup_outbound_messages(**options: Unpack[CleanupOptions]) -> CleanupResult:
+    """Finished outbound ledger rows older than failed deliveries' retention (a setting)."""
+    return apply_policy(OUTBOUND_MESSAGES, **options)
+
+
 def cleanup_old_health_metrics(**options: Unpack[CleanupOptions]) -> CleanupResult:
     """System health metrics older than 90 days (a setting)."""
     return apply_policy(HEALTH_METRICS, **options)
@@ -189,7 +200,14 @@ def cleanup_resolved_alerts(**options: Unpack[CleanupOptions]) -> CleanupResult:
 
 
 #: Every policy ``run_all_cleanup_tasks`` applies, in order (one per cleanup function above).
-POLICIES = (DELIVERY_LOG, FAILED_DELIVERIES, HEALTH_METRICS, WEBHOOK_HEALTH, RESOLVED_ALERTS)
+POLICIES = (
+    DELIVERY_LOG,
+    OUTBOUND_MESSAGES,
+    FAILED_DELIVERIES,
+    HEALTH_METRICS,
+    WEBHOOK_HEALTH,
+    RESOLVED_ALERTS,
+)
 
 
 def run_all_cleanup_tasks(

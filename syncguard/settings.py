@@ -187,6 +187,15 @@ class Settings(BaseSettings):
     outbound_disable_after_failures: int = 15
     #: ...and has been failing, without one success, for at least this long, seconds.
     outbound_disable_after_s: float = 5 * 86400.0
+    #: Period of Beat's outbound recovery sweep (tasks/outbound/ledger.py), seconds.
+    outbound_recovery_sweep_s: float = Field(default=30.0, gt=0)
+    #: A queued or delivering outbound message quiet this long past its expected start is
+    #: re-published by the sweep, seconds; longer than a delivery POST (``outbound_timeout_s``)
+    #: and than a healthy webhooks queue makes a message wait.
+    outbound_queue_bound_s: float = Field(default=600.0, gt=0)
+    #: An outbound message the sweep would re-publish more often than this is archived instead
+    #: (``recovery_exhausted``), count.
+    outbound_max_recoveries: int = Field(default=5, ge=0)
 
     # --- metrics and Prometheus (safeguards/metrics.py, safeguards/prometheus.py) ---
     #: How often Beat snapshots queues, backlog, circuits, usage and webhooks, seconds.

@@ -5,6 +5,9 @@ POSTs the same ``webhook-id`` on every attempt, so the receiver can deduplicate;
 retried on ``outbound_retry_schedule_s`` (a receiver's longer Retry-After wins), 410 Gone
 disables the endpoint at once, and an exhausted schedule lands in the dead-letter archive.
 
+Every message has its ``outbound_messages`` row before it is published, and ends in one terminal
+state there (tasks/outbound/ledger.py: the row, not the broker, decides a message must run again).
+
 Long waits are split. Celery holds a message with a countdown unacknowledged inside a worker,
 and the broker's visibility timeout only covers ``max_backoff_s`` of that (see celeryconfig), so
 no countdown may exceed it. A wait longer than that is re-published as a chain of legs: each
@@ -18,14 +21,14 @@ import json
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import FailureCategory
+from models import FailureCategory, OutboundStatus
 from safeguards.backoff import compute_backoff
 from safeguards.circuit_breaker.breaker import check_circuit_breaker, record_circuit_breaker_result
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
@@ -33,6 +36,7 @@ from safeguards.errors import SafeguardUnavailable
 from safeguards.redaction import redact
 from syncguard.settings import get_settings
 from tasks import app
+from tasks.outbound import ledger
 from tasks.outbound.endpoints import (
     EVENT_TYPES,
     AttemptOutcome,
@@ -41,7 +45,6 @@ from tasks.outbound.endpoints import (
     load_endpoint,
     record_attempt,
     register_endpoint,
-    subscribed_endpoints,
     validate_url,
 )
 from tasks.outbound.recovered import announce_recovery
@@ -67,7 +70,11 @@ _USER_AGENT = "syncguard-webhooks/1"
 
 
 def publish_event(business_id: uuid.UUID, event_type: str, data: dict[str, Any]) -> list[str]:
-    """Enqueue ``event_type`` to every endpoint that takes it; returns the message ids."""
+    """Record, then enqueue, ``event_type`` to every endpoint that takes it; the message ids.
+
+    The rows commit before any publication (raises SQLAlchemyError if they cannot); a failed
+    publication is logged and left to the recovery sweep, which publishes the recorded message.
+    """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; known: {sorted(EVENT_TYPES)}")
     payload = {
@@ -76,20 +83,19 @@ def publish_event(business_id: uuid.UUID, event_type: str, data: dict[str, Any])
         # Events are built from jobs and alerts: mask anything secret-shaped before it leaves.
         "data": redact(data),
     }
-    message_ids = []
-    for endpoint_id in subscribed_endpoints(business_id, event_type):
-        message_id = f"msg_{uuid.uuid4().hex}"
-        deliver_event.apply_async(
-            kwargs={
-                "endpoint_id": str(endpoint_id),
-                "message_id": message_id,
-                "event_type": event_type,
-                "payload": payload,
-            },
-            queue=WEBHOOKS,
-        )
-        message_ids.append(message_id)
-    return message_ids
+    queued = ledger.record(business_id, event_type, payload)
+    for message in queued:
+        kwargs = {
+            "endpoint_id": str(message.endpoint_id),
+            "message_id": message.message_id,
+            "event_type": event_type,
+            "payload": payload,
+        }
+        try:
+            deliver_event.apply_async(kwargs=kwargs, task_id=message.task_id, queue=WEBHOOKS)
+        except Exception:  # recorded: the sweep publishes it after the queue bound
+            log.exception("publishing outbound message %s failed", message.message_id)
+    return [message.message_id for message in queued]
 
 
 @app.task(name=TASK_NAME, bind=True)  # type: ignore[untyped-decorator]
@@ -111,7 +117,10 @@ def deliver_event(
         "attempt": attempt,
     }
     try:
-        return _deliver(job, not_before)
+        if not ledger.claim(message_id, self.request.id):
+            log.info("delivery %s: stale message %s, not run", message_id, self.request.id)
+            return {"status": "stale"}
+        return _deliver(job, not_before, self.request.id)
     except (SQLAlchemyError, SafeguardUnavailable, OSError) as exc:
         # Our side failed, not the receiver: try the same run again later, attempt unspent.
         countdown = compute_backoff(
@@ -123,43 +132,46 @@ def deliver_event(
         ) from exc
 
 
-def _deliver(job: dict[str, Any], not_before: float | None) -> dict[str, Any]:
+def _deliver(job: dict[str, Any], not_before: float | None, task_id: str | None) -> dict[str, Any]:
     now = time.time()
     if not_before is not None and not_before > now:
-        return _wait(job, not_before, "waiting")
+        return _wait(job, not_before, "waiting", task_id)
     endpoint = load_endpoint(uuid.UUID(job["endpoint_id"]))
     if endpoint is None or not endpoint.enabled:
         state = "deleted" if endpoint is None else "disabled"
         log.info(
             "delivery %s dropped: endpoint %s is %s", job["message_id"], job["endpoint_id"], state
         )
+        ledger.finish(job["message_id"], task_id, OutboundStatus.DROPPED)
         return {"status": f"endpoint_{state}"}
     allowed, retry_after_s, trial_token = _circuit_allows(endpoint)
     if not allowed:
         # Not an attempt, and no not_before: each leg asks the circuit again, so a circuit
         # that closes early (an operator's reset) releases the delivery early.
-        return _wait(job, now + retry_after_s, "circuit_open", hold=False)
+        return _wait(job, now + retry_after_s, "circuit_open", task_id, hold=False)
     outcome = _post(endpoint, job)
     _record_circuit(endpoint, outcome, trial_token)
     record = record_attempt(endpoint, job["message_id"], job["event_type"], job["attempt"], outcome)
     if record.recovery is not None:
         announce_recovery(endpoint, record.recovery, publish_event)
     if outcome.success:
+        ledger.finish(job["message_id"], task_id, OutboundStatus.DELIVERED)
         return {"status": "delivered", "attempt": job["attempt"], "code": outcome.response_code}
     if record.disabled_reason is not None or outcome.gone:
+        ledger.finish(job["message_id"], task_id, OutboundStatus.DROPPED)
         return {"status": "endpoint_disabled", "attempt": job["attempt"]}
-    return _retry_or_archive(job, endpoint, outcome)
+    return _retry_or_archive(job, endpoint, outcome, task_id)
 
 
 def _retry_or_archive(
-    job: dict[str, Any], endpoint: Endpoint, outcome: AttemptOutcome
+    job: dict[str, Any], endpoint: Endpoint, outcome: AttemptOutcome, task_id: str | None
 ) -> dict[str, Any]:
     attempt: int = job["attempt"]
     schedule = get_settings().outbound_retry_schedule_s
     delay = retry_delay_s(attempt, schedule, outcome.retry_after_s)
     if delay is not None:
         job["attempt"] = attempt + 1
-        return _wait(job, time.time() + delay, "retrying")
+        return _wait(job, time.time() + delay, "retrying", task_id)
     move_to_dead_letter_queue(
         job["message_id"],
         TASK_NAME,
@@ -181,19 +193,23 @@ def _retry_or_archive(
         },
         business_id=endpoint.business_id,
     )
+    ledger.finish(job["message_id"], task_id, OutboundStatus.ARCHIVED)
     return {"status": "archived", "attempt": attempt}
 
 
 def _wait(
-    job: dict[str, Any], not_before: float, status: str, *, hold: bool = True
+    job: dict[str, Any], not_before: float, status: str, task_id: str | None, *, hold: bool = True
 ) -> dict[str, Any]:
     """Re-publish the job to run at ``not_before``, in legs of at most ``max_backoff_s``.
 
-    ``hold=False`` runs the job after the first leg whatever ``not_before`` says.
+    ``hold=False`` runs the job after the first leg whatever ``not_before`` says. The row names
+    the leg (and expects it at its countdown) before the leg is published.
     """
     countdown = countdown_s(not_before, time.time(), get_settings().max_backoff_s)
     kwargs = {**job, "not_before": not_before if hold else None}
-    deliver_event.apply_async(kwargs=kwargs, countdown=countdown, queue=WEBHOOKS)
+    eta = datetime.now(UTC) + timedelta(seconds=countdown)
+    next_id = ledger.reschedule(job["message_id"], task_id, job["attempt"], eta)
+    deliver_event.apply_async(kwargs=kwargs, countdown=countdown, task_id=next_id, queue=WEBHOOKS)
     return {"status": status, "attempt": job["attempt"], "not_before": not_before}
 
 

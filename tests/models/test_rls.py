@@ -68,6 +68,11 @@ def _populate(session: Session, name: str) -> uuid.UUID:
     )
     session.add_all([endpoint, subscription, key])
     session.flush()
+    session.add(
+        models.OutboundMessage(
+            id=f"msg_{uuid.uuid4().hex}", endpoint_id=endpoint.id, event_type="sync.completed"
+        )
+    )
     session.add_all(
         [
             models.SyncJob(store_id=store.id, kind="full", trigger="manual"),
