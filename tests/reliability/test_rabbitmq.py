@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from celery.result import AsyncResult
 from sqlalchemy import Engine
 
 from models import Provider, SyncJobStatus
 from providers.emulator.runner import EmulatorHandle, running_emulator
+from tasks import app
 from tests.providers import Mailbox
 from tests.reliability.fault_support import figures, settle
 from tests.reliability.recovery_support import (
@@ -74,12 +76,17 @@ def test_a_killed_worker_s_message_is_redelivered_by_rabbitmq_and_the_jobs_end(
     with recovery_settings(), driver(env, list(stores)) as jobs:
         with group_worker(env, concurrency=2) as doomed:
             eventually(lambda: any(_paging(engine, j) for j in jobs), timeout_s=60)
+            held = [str(job(engine, j).celery_task_id) for j in jobs]
             kill_group(doomed)  # the connection drops: RabbitMQ requeues what it held
         killed_at = datetime.now(UTC)
         with group_worker(env, concurrency=2):
             settle(engine, stores, timeout_s=120)
+            # Every message the dead worker held came back (a run, or a stale no-op if the
+            # sweep recovered its job first): with Redis that would take the visibility timeout.
+            eventually(lambda: all(AsyncResult(t, app=app).ready() for t in held), timeout_s=60)
             result = figures("RabbitMQ, worker group SIGKILL", engine, stores, killed_at)
     assert result.ok, result.violations
+    assert all(AsyncResult(t, app=app).successful() for t in held)
 
 
 def _paging(engine: Engine, job_id: uuid.UUID) -> bool:
