@@ -83,14 +83,14 @@ result_expires = _settings.result_expires_s
 # - no extended results: nothing reads a result's name/args/worker (Flower takes them from
 #   events, the job ledger from PostgreSQL), and the arguments then never sit in the backend;
 # - no STARTED state: one backend write per task that nothing reads (Flower has task-started);
-# - worker task events off by default: Flower turns them on while it runs (its enable_events
-#   option, on by default in flower/options.py, broadcasts enable_events every few seconds), so
-#   a worker pays for events only while someone watches (`celery control enable_events` by hand);
+# - worker task events stay on (about a fifth of a no-op's throughput): Flower could switch them
+#   on by its enable_events broadcast, but only every few seconds after it starts, and every task
+#   a worker ran before that would be missing from Flower's history; operators watch it there;
 # - task-sent events stay on: a publisher-side cost Flower cannot switch on remotely, and its
 #   task list starts from them (the arguments in them are redacted, tasks/redaction_hooks.py).
 result_extended = False
 task_track_started = False
-worker_send_task_events = False
+worker_send_task_events = True
 task_send_sent_event = True
 
 timezone = "UTC"
