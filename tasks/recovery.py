@@ -34,20 +34,17 @@ longer than that is recovered (its old message then turns stale, harmless) and, 
 
 What the other safeguarded work needs (per kind, and why):
 
-- **Subscription renewals** (tasks/webhooks.py ``renew_subscription``, asked for by
-  tasks/renewal.py): no rows of their own. The work is re-derived from ``webhook_subscriptions``
-  by Beat's renewal pass (every 300 s) and health pass (every 60 s): a lost renewal message
-  leaves the subscription inside its renewal window (hours wide), and the next pass after the
-  renewal cooldown (``renewal_request_cooldown_s``) enqueues it again.
-- **Subscription creation** (``create_subscription``; reauthorize / recreate go through it) is
-  not re-derived: no pass looks for an active store without a subscription. A lost creation
-  leaves the store without push notifications; Beat's reconciliation sync (every 15 min) still
-  keeps its mailbox copy complete. Closing this needs a pass over stores without a live
-  subscription (not done here).
-- **Outbound deliveries** (tasks/outbound/): ``publish_event`` publishes one message per
-  endpoint with no row before it; ``webhook_delivery_log`` records attempts only. A message lost
-  before its first attempt is therefore not recovered. Closing this needs a pending delivery
-  row written before publication and a sweep like this one (not done here).
+- **Subscription work** (tasks/webhooks.py; asked for by tasks/renewal.py): no rows of its own;
+  the stores and their ``webhook_subscriptions`` rows are its ledger. Beat's renewal pass (every
+  300 s) and health pass (every 60 s) re-derive renewals: a lost renewal message leaves the
+  subscription inside its renewal window (hours wide), and the next pass after the renewal
+  cooldown (``renewal_request_cooldown_s``) enqueues it again. The renewal pass also enqueues
+  ``create_subscription`` for every active, connected store with no pending, active, expired or
+  failed subscription (and no unreviewed archived creation), once per cooldown per store: a lost
+  creation (or recreation) is enqueued again by the first pass after its cooldown.
+- **Outbound deliveries** (tasks/outbound/): ``publish_event`` commits one ``outbound_messages``
+  row per endpoint, naming its task id, before publishing; tasks/outbound/ledger.py holds the
+  rows' rules and the sweep Beat runs for them (the same compare-and-set as here).
 """
 
 from __future__ import annotations
