@@ -116,6 +116,7 @@ def deliver_event(
         "payload": payload,
         "attempt": attempt,
     }
+    uuid.UUID(endpoint_id)  # malformed input fails (and is archived) before the ledger is read
     try:
         if not ledger.claim(message_id, self.request.id):
             log.info("delivery %s: stale message %s, not run", message_id, self.request.id)
