@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -166,9 +166,10 @@ def load_endpoint(endpoint_id: uuid.UUID) -> Endpoint | None:
         )
 
 
-def subscribed_endpoints(business_id: uuid.UUID, event_type: str) -> list[uuid.UUID]:
-    """The business's enabled endpoints that take ``event_type`` (or every type)."""
-    statement = select(WebhookEndpoint.id).where(
+def subscribed(business_id: uuid.UUID, event_type: str) -> ColumnElement[bool]:
+    """The predicate on ``webhook_endpoints`` of the business's enabled endpoints that take
+    ``event_type`` (or every type); the outbound ledger selects and records them in one go."""
+    return and_(
         WebhookEndpoint.business_id == business_id,
         WebhookEndpoint.enabled.is_(True),
         or_(
@@ -176,8 +177,6 @@ def subscribed_endpoints(business_id: uuid.UUID, event_type: str) -> list[uuid.U
             WebhookEndpoint.event_types.any_() == event_type,
         ),
     )
-    with service_session() as session:
-        return list(session.scalars(statement.order_by(WebhookEndpoint.created_at)))
 
 
 def record_attempt(

@@ -48,6 +48,7 @@ from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
+from tasks.outbound.endpoints import subscribed
 from tasks.queues import WEBHOOKS
 
 log = logging.getLogger(__name__)
@@ -83,14 +84,7 @@ def record(business_id: uuid.UUID, event_type: str, payload: dict[str, Any]) -> 
         literal(payload, OutboundMessage.payload.type).label("payload"),
         sql_cast(func.gen_random_uuid(), Text).label("celery_task_id"),
         func.now().label("eta"),
-    ).where(
-        WebhookEndpoint.business_id == business_id,
-        WebhookEndpoint.enabled.is_(True),
-        or_(
-            func.cardinality(WebhookEndpoint.event_types) == 0,
-            WebhookEndpoint.event_types.any_() == event_type,
-        ),
-    )
+    ).where(subscribed(business_id, event_type))
     columns = ["id", "business_id", "endpoint_id", "event_type", "payload", "celery_task_id"]
     stmt = (
         insert(OutboundMessage)
