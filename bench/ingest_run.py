@@ -106,10 +106,10 @@ def run_sync(provider: Provider, count: int) -> float:
     sync_flight().acquire(str(store.id), str(job.id))
     client = _client(store, emulator)
     started = time.perf_counter()
-    run = SyncRun(client, store, job, task_id)
-    while not run.done:
-        run.pages = 0  # one run for the whole listing: the page budget is the worker's, not ours
-        run.run()
+    run = SyncRun(client, store, job, task_id).run()
+    while not run.done:  # a continuation resumes from the checkpoint, as the task's does
+        job.checkpoint = run.checkpoint
+        run = SyncRun(client, store, job, task_id).run()
     elapsed = time.perf_counter() - started
     client.close()
     _check_and_drop(store.id, count)
