@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Engine
+from celery.result import AsyncResult
+from sqlalchemy import Engine, select
 
-from models import OutboundMessage
+from models import FailedJobArchive, FailureCategory, OutboundMessage
 from syncguard.db import service_session
 from syncguard.settings import get_settings
+from tasks import app
 from tasks.outbound.delivery import publish_event, register_endpoint
 from tasks.outbound.ledger import overdue_messages, recover, recover_outbound_messages
 from tests.factories import make_business
@@ -120,3 +122,35 @@ def test_two_sweeps_racing_recover_a_message_once(
         eventually(lambda: _delivered(engine, message_id), timeout_s=30)
     assert _arrivals(receiver, message_id) == 1
     assert _row(engine, message_id).recoveries == 1
+
+
+def test_the_original_of_a_recovered_message_is_stale_and_not_delivered_again(
+    engine: Engine, business_id: uuid.UUID, receiver: ScriptedServer
+) -> None:
+    # The original stays in the broker (a slow queue, not a lost message) while the sweep
+    # re-publishes it: a worker then receives both, and the ledger lets one through.
+    [message_id] = publish_event(business_id, "sync.completed", {"store": "s-1"})
+    original = _row(engine, message_id).celery_task_id
+    eventually(lambda: recover_outbound_messages()["recovered"], timeout_s=15)
+    assert _row(engine, message_id).celery_task_id != original
+    with running_worker(concurrency=2, env=LEDGER_ENV, purge_first=False):
+        assert AsyncResult(original, app=app).get(timeout=30) == {"status": "stale"}
+        eventually(lambda: _delivered(engine, message_id), timeout_s=30)
+    assert _arrivals(receiver, message_id) == 1
+
+
+def test_a_message_recovered_too_often_is_archived(
+    engine: Engine, business_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNCGUARD_OUTBOUND_MAX_RECOVERIES", "0")
+    get_settings.cache_clear()
+    message_id = _lost_message(business_id)
+    eventually(lambda: recover_outbound_messages()["exhausted"], timeout_s=15)
+    assert _row(engine, message_id).status == "archived"
+    with service_session(engine) as session:
+        [entry] = session.scalars(
+            select(FailedJobArchive).where(FailedJobArchive.business_id == business_id)
+        )
+        assert entry.failure_category == FailureCategory.RECOVERY_EXHAUSTED
+        assert entry.job_data["kwargs"]["message_id"] == message_id
+    assert recover_outbound_messages() == {"recovered": 0, "exhausted": 0}
