@@ -33,6 +33,7 @@ from tasks.replay import REPLAY_OF
 from tasks.sync.jobs import (
     archived_entry,
     count_deferral,
+    has_ended,
     is_stale_message,
     job_for_task,
     set_status,
@@ -129,6 +130,8 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     ensure_healthy_subscription(store_uuid)
     # A job with a checkpoint continues a run under way: requests folded into it stay pending.
     if not sync_flight().acquire(str(store_uuid), str(job.id), resume=bool(job.checkpoint)):
+        if _held_by_ended_job(store_uuid):
+            return _wait_out_hold(store_id, job.id)
         set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
         return {"job_id": str(job.id), "coalesced": True}
     store = _load_store(store_uuid)
@@ -258,6 +261,27 @@ class SyncRun:
                 .where(Store.id == self.store.id)
                 .values(sync_cursor=cursor, cursor_updated_at=func.now(), last_synced_at=func.now())
             )
+
+
+def _held_by_ended_job(store_id: uuid.UUID) -> bool:
+    """True when the lease is held under a job the ledger says has ended.
+
+    That hold is a message the recovery sweep superseded (it passed ``start_job`` and took the
+    lease only after the job's new message had finished it): it never releases, so a run folded
+    into it would never get its follow-up. A failed ``acquire`` names the holder as pending.
+    """
+    holder = sync_flight().holder(str(store_id))
+    return holder is not None and has_ended(holder)
+
+
+def _wait_out_hold(store_id: str, job_id: uuid.UUID) -> dict[str, Any]:
+    """Re-publish the job to start once the stray hold's lease has lapsed (at most a lease)."""
+    delay_s, next_id = get_settings().sync_lease_s, str(uuid.uuid4())
+    set_status(job_id, SyncJobStatus.QUEUED, celery_task_id=next_id, eta=starts_in(delay_s))
+    sync_flight().requeue(store_id, str(job_id), delay_s)
+    kwargs = {"job_id": str(job_id)}
+    sync_store.apply_async(args=[store_id], kwargs=kwargs, task_id=next_id, countdown=delay_s)
+    return {"job_id": str(job_id), "waiting_for_lease": True}
 
 
 def _load_store(store_id: uuid.UUID) -> Store:

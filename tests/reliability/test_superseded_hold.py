@@ -1,0 +1,83 @@
+"""A message the recovery sweep superseded must not swallow later requests (issue 11, point 3).
+
+The race behind the chaos test's "one copy a message short": a message passes ``start_job``,
+stalls past the lease before it takes the store's lease, the sweep re-publishes its job, and
+the new message runs the job to its end. The stalled message then takes the lease under the
+job's id (its page commits are fenced; its Redis hold is not) and ends quietly, never
+releasing. A later request takes over the marker (the ledger says the job ended), and its run
+found the lease held: it was marked succeeded as "coalesced" into a run that would never
+release, so nothing read the new mail until another request came.
+
+Real worker, PostgreSQL, Redis and the emulator over HTTP; the stalled message's steps are the
+pipeline's own calls (``start_job``, the sweep's ``recover``, the lease ``acquire``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+
+from models import Provider, SyncJobStatus, SyncTrigger
+from providers.emulator.runner import EmulatorHandle, running_emulator
+from tasks.recovery import overdue_jobs, recover
+from tasks.sync.jobs import create_job, start_job
+from tasks.sync.requests import request_sync, sync_flight
+from tests.reliability.recovery_support import RECOVERY_ENV, recovery_settings, unsettled
+from tests.sync_support import (
+    FINAL,
+    connect_store,
+    emulator_env,
+    eventually,
+    local_copy,
+    wait_for_job,
+)
+from tests.worker import purge_queues, running_worker
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def worker(emulator: EmulatorHandle) -> Iterator[None]:
+    purge_queues()
+    with recovery_settings(), running_worker(env={**emulator_env(emulator), **RECOVERY_ENV}):
+        yield
+    purge_queues()
+
+
+def test_a_request_after_a_superseded_hold_still_reads_the_new_mail(
+    engine: Engine, emulator: EmulatorHandle, worker: None
+) -> None:
+    store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
+    mailbox.add("first")
+    flight, store = sync_flight(), str(store_id)
+    # Job A, its message taken by a worker (this test) that passes start_job and then stalls.
+    job_a, stalled = uuid.uuid4(), str(uuid.uuid4())
+    assert flight.request(store, str(job_a))
+    create_job(store_id, SyncTrigger.MANUAL, job_a, celery_task_id=stalled)
+    assert start_job(store_id, str(job_a), stalled) is not None
+    with engine.begin() as conn:  # no page for longer than a lease: the sweep takes it over
+        conn.execute(
+            text("UPDATE sync_jobs SET updated_at = now() - interval '1 hour' WHERE id = :id"),
+            {"id": job_a},
+        )
+    (candidate,) = [c for c in overdue_jobs([store]) if c.id == job_a]
+    assert recover(candidate) == "recovered"
+    assert wait_for_job(engine, job_a).status is SyncJobStatus.SUCCEEDED  # run by the new message
+    # The stalled message wakes up and takes the lease, as sync_store does next; its page
+    # commit is fenced off, so it ends quietly without releasing.
+    assert flight.acquire(store, str(job_a))
+
+    late = mailbox.add("late order")
+    follow_up = request_sync(store_id)
+
+    assert follow_up is not None  # job A has ended: the request is not folded into it
+    eventually(lambda: late in local_copy(engine, store_id), timeout_s=60)
+    eventually(lambda: not unsettled(engine, [store_id]), timeout_s=60)
+    assert wait_for_job(engine, follow_up).status in FINAL
