@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -163,8 +164,11 @@ class Overdue:
     updated_at: datetime
 
 
-def overdue_messages() -> list[Overdue]:
-    """Queued or delivering messages quiet for longer than ``outbound_queue_bound_s``."""
+def overdue_messages(business_ids: Collection[uuid.UUID] | None = None) -> list[Overdue]:
+    """Queued or delivering messages quiet for longer than ``outbound_queue_bound_s``.
+
+    ``business_ids`` limits the sweep to some businesses (tests sweep only their own rows).
+    """
     settings = get_settings()
     bound = func.make_interval(0, 0, 0, 0, 0, 0, settings.outbound_queue_bound_s)
     stmt = (
@@ -187,15 +191,19 @@ def overdue_messages() -> list[Overdue]:
         .order_by(OutboundMessage.eta)
         .limit(settings.sync_recovery_batch)
     )
+    if business_ids is not None:
+        stmt = stmt.where(OutboundMessage.business_id.in_(list(business_ids)))
     with service_session() as session:
         return [Overdue(**row._asdict()) for row in session.execute(stmt).all()]
 
 
 @app.task(name=SWEEP_TASK)  # type: ignore[untyped-decorator]
-def recover_outbound_messages() -> dict[str, int]:
+def recover_outbound_messages(
+    business_ids: Collection[uuid.UUID] | None = None,
+) -> dict[str, int]:
     """One sweep: counts of messages ``recovered`` (re-published) and ``exhausted`` (archived)."""
     counts = {"recovered": 0, "exhausted": 0}
-    for message in overdue_messages():
+    for message in overdue_messages(business_ids):
         outcome = recover(message)
         if outcome is not None:
             counts[outcome] += 1

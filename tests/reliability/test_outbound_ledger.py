@@ -91,7 +91,7 @@ def test_a_delivery_leaves_a_terminal_row(
     assert (row.status, row.attempt, row.recoveries) == ("delivered", 1, 0)
     assert row.business_id == business_id
     assert _arrivals(receiver, message_id) == 1
-    assert recover_outbound_messages() == {"recovered": 0, "exhausted": 0}
+    assert recover_outbound_messages([business_id]) == {"recovered": 0, "exhausted": 0}
 
 
 def test_a_message_the_broker_lost_is_delivered_once_after_the_sweep(
@@ -100,7 +100,9 @@ def test_a_message_the_broker_lost_is_delivered_once_after_the_sweep(
     message_id = _lost_message(business_id)
     assert _row(engine, message_id).status == "queued"  # recorded before it was published
 
-    recovered = eventually(lambda: recover_outbound_messages()["recovered"], timeout_s=15)
+    recovered = eventually(
+        lambda: recover_outbound_messages([business_id])["recovered"], timeout_s=15
+    )
     assert recovered == 1
     with running_worker(concurrency=2, env=LEDGER_ENV, purge_first=False):
         eventually(lambda: _delivered(engine, message_id), timeout_s=30)
@@ -113,7 +115,7 @@ def test_two_sweeps_racing_recover_a_message_once(
 ) -> None:
     message_id = _lost_message(business_id)
     [candidate] = eventually(
-        lambda: [m for m in overdue_messages() if m.id == message_id], timeout_s=15
+        lambda: [m for m in overdue_messages([business_id]) if m.id == message_id], timeout_s=15
     )
     with ThreadPoolExecutor(max_workers=2) as pool:  # two Beats read the same row at once
         outcomes = list(pool.map(recover, [candidate, candidate]))
@@ -131,7 +133,7 @@ def test_the_original_of_a_recovered_message_is_stale_and_not_delivered_again(
     # re-publishes it: a worker then receives both, and the ledger lets one through.
     [message_id] = publish_event(business_id, "sync.completed", {"store": "s-1"})
     original = _row(engine, message_id).celery_task_id
-    eventually(lambda: recover_outbound_messages()["recovered"], timeout_s=15)
+    eventually(lambda: recover_outbound_messages([business_id])["recovered"], timeout_s=15)
     assert _row(engine, message_id).celery_task_id != original
     with running_worker(concurrency=2, env=LEDGER_ENV, purge_first=False):
         assert AsyncResult(original, app=app).get(timeout=30) == {"status": "stale"}
@@ -145,7 +147,7 @@ def test_a_message_recovered_too_often_is_archived(
     monkeypatch.setenv("SYNCGUARD_OUTBOUND_MAX_RECOVERIES", "0")
     get_settings.cache_clear()
     message_id = _lost_message(business_id)
-    eventually(lambda: recover_outbound_messages()["exhausted"], timeout_s=15)
+    eventually(lambda: recover_outbound_messages([business_id])["exhausted"], timeout_s=15)
     assert _row(engine, message_id).status == "archived"
     with service_session(engine) as session:
         [entry] = session.scalars(
@@ -153,4 +155,4 @@ def test_a_message_recovered_too_often_is_archived(
         )
         assert entry.failure_category == FailureCategory.RECOVERY_EXHAUSTED
         assert entry.job_data["kwargs"]["message_id"] == message_id
-    assert recover_outbound_messages() == {"recovered": 0, "exhausted": 0}
+    assert recover_outbound_messages([business_id]) == {"recovered": 0, "exhausted": 0}
