@@ -197,6 +197,15 @@ class Settings(BaseSettings):
     #: (``recovery_exhausted``), count.
     outbound_max_recoveries: int = Field(default=5, ge=0)
 
+    # --- provider-app quota (safeguards/rate_limit/app_quota.py, app_limits.py) ---
+    #: Units per window a whole provider app may spend, overriding the defaults: a JSON object
+    #: keyed by provider (every app of it) or app name (``gmail:<client id>``,
+    #: ``outlook:<client id>@<tenant id>``), e.g. {"gmail": 600000}; 0 turns the quota off.
+    app_quota_limits: dict[str, int] = Field(default_factory=dict)
+    #: Units one worker process leases at once, keyed as ``app_quota_limits``: at most this
+    #: many units minus one per process sit leased but unspent (refused early, never over).
+    app_quota_blocks: dict[str, int] = Field(default_factory=dict)
+
     # --- metrics and Prometheus (safeguards/metrics.py, safeguards/prometheus.py) ---
     #: How often Beat snapshots queues, backlog, circuits, usage and webhooks, seconds.
     metrics_collect_interval_s: float = 60.0
