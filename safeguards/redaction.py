@@ -3,76 +3,40 @@
 from __future__ import annotations
 
 import enum
-import re
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-#: What a secret is replaced with.
-REDACTED = "[REDACTED]"
+from syncguard.secret_patterns import (
+    REDACTED,
+    TOKEN_RULES,
+    apply_rules,
+    is_secret_key,
+    mask_secret_values,
+)
+
+__all__ = [
+    "MAX_DEPTH",
+    "REDACTED",
+    "TRUNCATED",
+    "is_secret_key",
+    "redact",
+    "redact_text",
+    "truncate",
+]
+
 #: What replaces a structure nested deeper than ``MAX_DEPTH`` (no real job nests that far).
 TRUNCATED = "[TRUNCATED]"
 #: Nesting depth, in containers, below which values are no longer walked.
 MAX_DEPTH = 32
 
-# Key names (lower-cased, "-" read as "_") whose value is a secret, whatever its type.
-_SECRET_KEY = re.compile(
-    r"passw(or)?d|pwd|secret|token|authori[sz]ation|api_?key|client_?state|credential"
-    r"|cookie|private_?key|signing_?key|session_?id|(^|_)auth($|_)|dsn"
-)
-# Keys that match the pattern above but hold cursors or metadata a replay needs.
-_NOT_SECRET_KEYS = frozenset(
-    {"page_token", "next_page_token", "sync_token", "delta_token", "skip_token", "token_type"}
-)
-
-# Secret-shaped substrings of free text, each with its replacement; the order matters (a
-# bearer header is masked before the "key: value" rule could stop at the scheme word).
-_TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b((?i:bearer))\s+[A-Za-z0-9\-._~+/]{6,}=*"), rf"\1 {REDACTED}"),
-    # Basic credentials are base64 with a digit, "+", "/" or padding; plain prose is left alone.
-    (
-        re.compile(r"\b(Basic)\s+(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{6,}={0,2}"),
-        rf"\1 {REDACTED}",
-    ),
-    # JWT segments are bounded and possessive so a long run of "eyJ-..." cannot backtrack.
-    (re.compile(r"\beyJ[\w-]{4,1024}+\.[\w-]{4,16384}+\.[\w-]{0,1024}+"), REDACTED),
-    (re.compile(r"\bgAAAAA[A-Za-z0-9_-]{20,}={0,2}"), REDACTED),  # Fernet tokens
-    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), REDACTED),  # Standard Webhooks secrets
-    (re.compile(r"\bya29\.[A-Za-z0-9_.-]+"), REDACTED),  # Google OAuth access tokens
-    (re.compile(r"\b1//[A-Za-z0-9_-]{10,}"), REDACTED),  # Google OAuth refresh tokens
-    (
-        re.compile(r"(\b[a-z][a-z0-9+.-]{0,30}://[^:/@\s]{0,256}):[^@/\s]{1,256}@", re.I),
-        rf"\1:{REDACTED}@",
-    ),
-)
-# Quantifiers are bounded and keys start at a word start, so a long input stays linear time.
-_KEY_VALUE = re.compile(
-    r"(?<![\w-])(?P<key>[\w-]{0,40}?(?:passw(?:or)?d|secret|token|api[_-]?key|client[_-]?state"
-    r"|authori[sz]ation|cookie|credentials?)[\w-]{0,40})"
-    r"(?P<sep>[\"']?\s*[=:]\s*[\"']?)(?P<value>(?:(?:Basic|Bearer|Digest)\s+)?(?:\[REDACTED\]|[^\s&\"',;}\][]+))",
-    re.I,
-)
-
-
-def is_secret_key(key: object) -> bool:
-    """Whether a mapping key names a secret (case-insensitive; cursors like page_token are not)."""
-    normalized = str(key).lower().replace("-", "_")
-    return normalized not in _NOT_SECRET_KEYS and _SECRET_KEY.search(normalized) is not None
-
 
 def redact_text(text: str) -> str:
-    """``text`` with bearer tokens, JWTs, Fernet tokens, whsec_ secrets and key=secret masked."""
-    for pattern, replacement in _TEXT_RULES:
-        text = pattern.sub(replacement, text)
-    return _KEY_VALUE.sub(_mask_value, text)
-
-
-def _mask_value(match: re.Match[str]) -> str:
-    if not is_secret_key(match["key"]) or match["value"] == REDACTED:
-        return match[0]
-    return f"{match['key']}{match['sep']}{REDACTED}"
+    """``text`` with token-shaped secrets (bearer, JWT, Fernet, whsec_, Google, sgk_, a URL's
+    password: ``syncguard.secret_patterns``) and the values of secret-named keys masked."""
+    return mask_secret_values(apply_rules(text, TOKEN_RULES))
 
 
 def redact(value: Any, *, _depth: int = 0) -> Any:

@@ -9,8 +9,10 @@ whichever library configured the handlers. Scrubbed are:
 
 - the value of every URL query parameter (``?name=value`` and ``&name=value``): a query string
   may carry any credential under any name, so none of its values is printed;
-- syncguard API keys and dashboard session tokens (``sgk_...``, ``sgs_...``) anywhere;
-- ``Bearer`` credentials (RFC 6750, section 2.1) anywhere.
+- token-shaped secrets anywhere: syncguard API keys and dashboard session tokens (``sgk_...``,
+  ``sgs_...``), ``Bearer`` and ``Basic`` credentials, JWTs, Fernet tokens, Google OAuth tokens
+  (``ya29.``, ``1//``), ``whsec_`` signing secrets, a URL's password (the one set of shapes in
+  ``syncguard.secret_patterns``, which the safeguards' redaction applies too).
 
 ``install_scrubber`` is called by the ``syncguard`` command (and so by every process
 ``syncguard up`` starts) and by the Celery app's process hooks (worker, beat, Flower);
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import logging.config
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from syncguard import log_context
+from syncguard.secret_patterns import QUERY_VALUE_RULE, REDACTED, TOKEN_RULES, apply_rules
 
 __all__ = [
     "FORMAT",
@@ -51,35 +53,22 @@ __all__ = [
     "use_formatter",
 ]
 
-#: What a scrubbed value is replaced with.
-REDACTED = "[REDACTED]"
 #: Every process's line format.
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: What a record shows when scrubbing it failed (fail closed: never the raw text).
 UNSCRUBBABLE = "[log line hidden: scrubbing failed]"
 
-# In order: a Bearer credential is masked whole before the key rule could mask part of it.
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Query values: after "?" or "&", a name, "=", then the value up to the next separator;
-    # the separators may arrive percent-encoded (%3F, %26, %3D) in a path a client escaped.
-    (
-        re.compile(r"((?:[?&]|%3[Ff]|%26)[^=&?#%\s\"'<>]{1,200}(?:=|%3[Dd]))[^&#\s\"'<>]*"),
-        rf"\1{REDACTED}",
-    ),
-    (re.compile(r"\b((?i:bearer))\s+[A-Za-z0-9\-._~+/]{6,}=*"), rf"\1 {REDACTED}"),
-    # Keys and session tokens wherever they stand: glued to a word (``k_sgk_…``) or behind an
-    # encoded "=" (``%3Dsgk_…``), where a word boundary would not be.
-    (re.compile(r"(sg[ks]_)[A-Za-z0-9_-]{6,}"), rf"\1{REDACTED}"),
-)
+# Query values first (a query's value may hold any token shape), then the token shapes.
+_RULES = (QUERY_VALUE_RULE, *TOKEN_RULES)
 _PLAIN = (int, float, bool, type(None))
 _EXCEPTION_TEXT = logging.Formatter()
 
 
 def scrub(text: str) -> str:
-    """``text`` with query values, syncguard keys and tokens, and Bearer credentials masked."""
-    for pattern, replacement in _RULES:
-        text = pattern.sub(replacement, text)
-    return text
+    """``text`` with every URL query value and every token-shaped secret masked (Bearer and
+    Basic credentials, JWTs, Fernet tokens, Google ``ya29.``/``1//`` tokens, ``whsec_``,
+    ``sgk_``/``sgs_``, a URL's password: ``syncguard.secret_patterns``)."""
+    return apply_rules(text, _RULES)
 
 
 def _scrub_arg(value: Any) -> Any:
