@@ -23,7 +23,15 @@ VISIBILITY_MARGIN_S = 300
 VISIBILITY_TIMEOUT_S = _settings.max_backoff_s + _settings.task_time_limit_s + VISIBILITY_MARGIN_S
 
 broker_url = _urls.broker_url
-result_backend = _urls.redis_url
+_REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
+# Celery has no Redis Cluster backend: with the safeguards on a Cluster, results go to the
+# broker when it is a Redis (standalone or Sentinel), else back over it (rpc://, RabbitMQ).
+if not _settings.redis_cluster:
+    result_backend = _urls.redis_url
+elif broker_url.startswith(_REDIS_SCHEMES):
+    result_backend = broker_url
+else:
+    result_backend = "rpc://"
 broker_connection_retry_on_startup = True
 
 _redis_transport: dict[str, Any] = {
@@ -31,16 +39,28 @@ _redis_transport: dict[str, Any] = {
     # Keeps the broker's keys beside the safeguards' keys under one prefix on a shared Redis.
     "global_keyprefix": _settings.redis_prefix,
 }
-broker_transport_options: dict[str, Any] = (
-    dict(_redis_transport) if broker_url.startswith(("redis", "sentinel")) else {}
-)
+
+
+def _redis_options(url: str) -> dict[str, Any]:
+    """Transport options of a Redis broker or backend at ``url``: a Sentinel one names its
+    primary (``master_name``, kombu's and Celery's option); {} for anything else."""
+    if not url.startswith(_REDIS_SCHEMES):
+        return {}
+    if url.startswith("sentinel://"):
+        return {**_redis_transport, "master_name": _settings.redis_sentinel_master}
+    return dict(_redis_transport)
+
+
+broker_transport_options: dict[str, Any] = _redis_options(broker_url)
 # A queue entry kombu cannot parse is wrapped and archived instead of killing the worker
 # (see tasks/redis_transport.py); every other message is delivered exactly as by kombu.
 if broker_url.startswith(("redis://", "rediss://")):
     broker_transport = "tasks.redis_transport:Transport"
+elif broker_url.startswith("sentinel://"):
+    broker_transport = "tasks.redis_transport:SentinelTransport"
 # Poison messages (unknown task, undecodable body) are archived before they are dropped.
 worker_consumer = "tasks.poison:ArchivingConsumer"
-result_backend_transport_options: dict[str, Any] = dict(_redis_transport)
+result_backend_transport_options: dict[str, Any] = _redis_options(result_backend)
 
 # JSON only: pickle would let anyone who can write to the broker run code on the workers.
 task_serializer = "json"

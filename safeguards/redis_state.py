@@ -1,15 +1,26 @@
-"""Shared hot state in Redis: the client, key naming, and Lua scripts loaded from .lua files."""
+"""Shared hot state in Redis: the client, key naming, and Lua scripts loaded from .lua files.
+
+One Redis, a Sentinel-managed primary or a Redis Cluster (``connect``). Every key carries the
+hash tag of its scope (``key``), and every script and transaction touches one scope's keys
+only, so each runs on one Cluster slot; batches of scripts over many scopes go through
+``run_script_batch`` (one pipeline per Cluster node: redis-py's cluster pipeline refuses
+EVALSHA).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 from weakref import WeakKeyDictionary
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
+from redis.sentinel import Sentinel
 
 from safeguards.errors import SafeguardUnavailable
 from syncguard.settings import get_settings
@@ -20,14 +31,61 @@ SOCKET_TIMEOUT_S = 2.0
 
 @cache
 def get_redis(url: str | None = None) -> redis.Redis:
-    """The process's client of the safeguards' Redis (a pool shared by threads)."""
+    """The process's client of the safeguards' Redis (a pool shared by threads), as ``connect``
+    makes it: a cluster client when ``SYNCGUARD_REDIS_CLUSTER`` is set."""
     if url is None:
         from syncguard.services import ensure_services
 
         url = ensure_services(get_settings()).redis_url
-    return redis.Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
-    )
+    return connect(url, cluster=get_settings().redis_cluster)
+
+
+def connect(url: str, *, cluster: bool = False, timeout_s: float = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client of the Redis deployment ``url`` names; every socket waits at most ``timeout_s``.
+
+    - ``sentinel://[[user]:password@]host:port[/db]`` (several ``;``-separated, as Celery
+      spells a Sentinel broker): the primary named ``SYNCGUARD_REDIS_SENTINEL_MASTER``, looked
+      up through those Sentinels on every new connection, so after a failover the client
+      reconnects to the promoted replica (redis-py's ``Sentinel.master_for``).
+    - ``cluster``: a ``RedisCluster`` seeded by the URL's nodes (``;``-separated); it learns the
+      slot map from them and follows MOVED redirects. Typed as ``redis.Redis``: it offers the
+      same commands for keys of one slot (what every caller here sends, see the module doc);
+      ``tests/reliability/test_redis_cluster.py`` runs the safeguards on a real Cluster.
+    - otherwise ``redis.Redis.from_url``.
+
+    Raises ValueError for a Sentinel URL without a master name.
+    """
+    timeouts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    urls = [u.strip() for u in url.split(";") if u.strip()]
+    if urls[0].startswith("sentinel://"):
+        return _sentinel_primary(urls, timeouts)
+    if cluster:
+        seeds = [
+            ClusterNode(p.hostname, p.port or 6379)  # type: ignore[no-untyped-call]
+            for p in map(urlsplit, urls[1:])
+        ]
+        # Not a subclass of redis.Redis, but the same command API (see the docstring).
+        return cast(redis.Redis, RedisCluster.from_url(urls[0], startup_nodes=seeds, **timeouts))
+    return redis.Redis.from_url(urls[0], **timeouts)
+
+
+def _sentinel_primary(urls: list[str], timeouts: dict[str, Any]) -> redis.Redis:
+    master = get_settings().redis_sentinel_master
+    if not master:
+        raise ValueError("a sentinel:// Redis URL needs SYNCGUARD_REDIS_SENTINEL_MASTER")
+    parts = [urlsplit(u) for u in urls]
+    sentinels = [(p.hostname or "127.0.0.1", p.port or 26379) for p in parts]
+    # Credentials and database are the primary's, read off the first URL that has them
+    # (Celery reads a Sentinel broker URL the same way); the Sentinels are asked without auth.
+    auth = next((p for p in parts if p.password or p.username), parts[0])
+    path = parts[0].path.strip("/")
+    kwargs: dict[str, Any] = {**timeouts, "db": int(path) if path else 0}
+    if auth.username:
+        kwargs["username"] = unquote(auth.username)
+    if auth.password:
+        kwargs["password"] = unquote(auth.password)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=dict(timeouts), **kwargs)  # type: ignore[no-untyped-call]
+    return cast(redis.Redis, sentinel.master_for(master))  # type: ignore[no-untyped-call]
 
 
 def key(kind: str, scope: str, *parts: str) -> str:
@@ -74,3 +132,41 @@ def run_script(client: redis.Redis, lua: LuaScript, keys: list[str], args: list[
         return lua.on(client)(keys=keys, args=args)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise SafeguardUnavailable(f"safeguard state unreachable: {exc}") from exc
+
+
+#: One script run of a batch: its KEYS (one scope's, so one Cluster slot) and its ARGV.
+ScriptCall = tuple[Sequence[str], Sequence[Any]]
+
+
+def run_script_batch(client: redis.Redis, lua: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Each call's reply, in order: one pipelined round trip (per Cluster node), not atomic
+    across calls. Raises SafeguardUnavailable when Redis is unreachable."""
+    script = lua.on(client)
+    try:
+        if not isinstance(client, RedisCluster):
+            return _pipelined(client, script, calls, range(len(calls)))
+        by_node: dict[str, list[int]] = {}
+        for i, (keys, _) in enumerate(calls):
+            by_node.setdefault(client.get_node_from_key(keys[0]).name, []).append(i)
+        replies: list[Any] = [None] * len(calls)
+        for name, indexes in by_node.items():
+            node = client.get_redis_connection(client.get_node(node_name=name))
+            try:
+                found = _pipelined(node, script, calls, indexes)
+            except redis.exceptions.MovedError:  # slots moving: the cluster client follows
+                found = [script(keys=calls[i][0], args=calls[i][1]) for i in indexes]
+            for i, reply in zip(indexes, found, strict=True):
+                replies[i] = reply
+        return replies
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise SafeguardUnavailable(f"safeguard state unreachable: {exc}") from exc
+
+
+def _pipelined(
+    node: redis.Redis, script: Script, calls: Sequence[ScriptCall], indexes: Sequence[int]
+) -> list[Any]:
+    pipe = node.pipeline(transaction=False)
+    for i in indexes:
+        keys, args = calls[i]
+        script(keys=keys, args=args, client=pipe)  # the pipeline loads it where it is missing
+    return list(pipe.execute())

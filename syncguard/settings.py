@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Environment = Literal["development", "test", "production"]
@@ -28,7 +28,10 @@ def sqlalchemy_database_url(url: str) -> str:
 class Settings(BaseSettings):
     """Every knob of syncguard; unknown SYNCGUARD_* variables are an error, not silently ignored."""
 
-    model_config = SettingsConfigDict(env_prefix="SYNCGUARD_", extra="forbid", frozen=True)
+    # Errors never echo the input: it holds URLs with passwords and other secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="SYNCGUARD_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     #: PostgreSQL URL; unset means "start the embedded server under ``home``".
     database_url: str | None = Field(
@@ -44,6 +47,21 @@ class Settings(BaseSettings):
     def _psycopg_scheme(cls, url: str | None) -> str | None:
         return None if url is None else sqlalchemy_database_url(url)
 
+    @model_validator(mode="after")
+    def _redis_deployment(self) -> Settings:
+        urls = [u for u in (self.redis_url, self.broker_url) if u]
+        if any(u.startswith("sentinel://") for u in urls) and not self.redis_sentinel_master:
+            raise ValueError("a sentinel:// URL needs SYNCGUARD_REDIS_SENTINEL_MASTER")
+        if self.redis_cluster:
+            if not self.redis_url or self.redis_url.startswith("sentinel://"):
+                raise ValueError("SYNCGUARD_REDIS_CLUSTER needs REDIS_URL naming cluster nodes")
+            if not self.broker_url:
+                raise ValueError(
+                    "Redis Cluster cannot be Celery's broker: with SYNCGUARD_REDIS_CLUSTER, set"
+                    " BROKER_URL (RabbitMQ, or a standalone or Sentinel Redis)"
+                )
+        return self
+
     #: Celery broker URL; defaults to ``redis_url``.
     broker_url: str | None = Field(
         default=None, validation_alias=AliasChoices("BROKER_URL", "SYNCGUARD_BROKER_URL")
@@ -52,8 +70,17 @@ class Settings(BaseSettings):
     environment: Environment = "development"
     #: Where the embedded servers keep their data.
     home: Path = Path(".syncguard")
-    #: Prefix of every Redis key syncguard writes (safeguards and the broker's own keys).
-    redis_prefix: str = "syncguard:"
+    #: Prefix of every Redis key syncguard writes (safeguards and the broker's own keys); no
+    #: braces: on Redis Cluster a ``{...}`` in it would put every key in one hash slot.
+    redis_prefix: str = Field(default="syncguard:", pattern=r"^[^{}]*$")
+    #: REDIS_URL names nodes of a Redis Cluster (``redis://host:port``, several ``;``-separated):
+    #: the safeguards use redis-py's cluster client. Celery has no Cluster transport, so the
+    #: broker (BROKER_URL, required) is RabbitMQ or a standalone/Sentinel Redis, and task
+    #: results go to the broker (Redis) or back over it (``rpc://`` on RabbitMQ).
+    redis_cluster: bool = False
+    #: Name of the primary (``sentinel monitor <name> ...``) when REDIS_URL or BROKER_URL is
+    #: ``sentinel://host:port[;sentinel://host:port...]``; Celery's ``master_name`` too.
+    redis_sentinel_master: str | None = None
     #: Database role workers and the API's own work assume (full access under RLS).
     db_service_role: str = "syncguard_service"
     #: Read-only role tenant-scoped sessions assume.

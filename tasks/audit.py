@@ -25,12 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import redis
 from redis import RedisError
 from sqlalchemy import func, select
 
 from models import SyncedMessage, SyncJob, SyncJobStatus
-from safeguards.redis_state import get_redis, key
+from safeguards.redis_state import connect, get_redis, key
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
@@ -132,17 +131,18 @@ def _lease_holder(store_id: uuid.UUID) -> str | None:
 def broker_task_ids() -> set[str] | None:
     """Task ids of every message a Redis broker holds (queued, or delivered and unacked).
 
-    None when the broker is not Redis or cannot be read (AMQP queues cannot be listed without
-    consuming them). Reads kombu's layout: one list per queue (and per priority, the queue name
-    plus kombu's separator) and the ``unacked`` hash, under ``global_keyprefix``.
+    None when the broker is not Redis (standalone or Sentinel) or cannot be read (AMQP queues
+    cannot be listed without consuming them). Reads kombu's layout: one list per queue (and per
+    priority, the queue name plus kombu's separator) and the ``unacked`` hash, under
+    ``global_keyprefix``.
     """
     url = str(app.conf.broker_url)
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(("redis://", "rediss://", "sentinel://")):
         return None
     prefix = str((app.conf.broker_transport_options or {}).get("global_keyprefix", ""))
     ids: set[str] = set()
     try:
-        client = redis.Redis.from_url(url)
+        client = connect(url)  # a Sentinel broker: its current primary
         for queue in QUEUE_NAMES:
             for name in client.scan_iter(match=f"{prefix}{queue}*", count=500):
                 for raw in client.lrange(name, 0, -1):

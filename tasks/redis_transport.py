@@ -14,7 +14,8 @@ carrying the raw bytes. kombu then delivers it like any message (tracked as unac
 so a worker dying now loses nothing), Celery refuses its content type and calls the
 consumer's ``on_decode_error``, where ``tasks.poison`` archives it before acknowledging.
 
-``celeryconfig`` selects this transport (``broker_transport``) for ``redis://`` brokers.
+``celeryconfig`` selects this transport (``broker_transport``) for ``redis://`` brokers and its
+Sentinel twin (``SentinelTransport``) for ``sentinel://`` ones.
 ``tests/reliability/test_poison_messages.py`` pushes garbage onto a real queue, through a
 real worker and through ``basic_get``: if an upgrade of kombu moves the parse, it fails.
 """
@@ -117,17 +118,33 @@ def _wrapping(client_cls: type) -> type:
     return type(f"Wrapping{client_cls.__name__}", (_WrappingRepliesMixin, client_cls), {})
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel whose clients wrap unparseable queue entries (see module doc)."""
+class _WrappingClientMixin:
+    """A channel whose clients wrap unparseable queue entries (see module doc)."""
 
     def _get_client(self) -> Any:
-        client = super()._get_client()  # type: ignore[no-untyped-call]
+        client = super()._get_client()  # type: ignore[misc]
         if isinstance(client, functools.partial):  # the global_keyprefix client
             return functools.partial(_wrapping(client.func), *client.args, **client.keywords)
         return _wrapping(client)
+
+
+class Channel(_WrappingClientMixin, kombu_redis.Channel):
+    """kombu's Redis channel whose clients wrap unparseable queue entries (see module doc)."""
 
 
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with ``Channel`` above."""
 
     Channel = Channel
+
+
+class SentinelChannel(_WrappingClientMixin, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (the primary looked up through Sentinel on each new
+    connection) whose clients wrap unparseable queue entries too."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport (``sentinel://``, option ``master_name``) with the channel
+    above."""
+
+    Channel = SentinelChannel
