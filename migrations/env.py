@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 import models
+from migrations.partitions import include_name
 
 config = context.config
 target_metadata = models.Base.metadata
@@ -22,6 +23,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             compare_type=True,
             compare_server_default=True,
+            include_name=include_name,
             transaction_per_migration=True,
         )
         with context.begin_transaction():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import ForeignKey, Index, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import (
@@ -21,9 +21,14 @@ from models.enums import AlertSeverity, AlertStatus, CleanupOutcome, MetricType,
 
 
 class SystemHealthMetric(Base):
-    """One measurement; system-wide when ``business_id`` is NULL (tenants never see those)."""
+    """One measurement; system-wide when ``business_id`` is NULL (tenants never see those).
+
+    Partitioned by RANGE (measured_at), one partition per UTC day (0008): the table's key is
+    (id, measured_at); the mapper still identifies a row by ``id``.
+    """
 
     __tablename__ = "system_health_metrics"
+    __mapper_args__ = {"primary_key": ["id"]}  # noqa: RUF012 - SQLAlchemy reads it once
     __table_args__ = (
         Index(
             "ix_system_health_metrics_business_id_measured_at",
@@ -53,7 +58,7 @@ class SystemHealthMetric(Base):
     metric_value: Mapped[float]
     unit: Mapped[str | None] = mapped_column(String(32))
     tags: Mapped[jsonb]
-    measured_at: Mapped[created_at]
+    measured_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=func.now())
 
 
 class Alert(Base):

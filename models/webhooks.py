@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -84,9 +85,14 @@ class WebhookEndpoint(Base):
 
 
 class WebhookDeliveryLog(Base):
-    """One delivery attempt, inbound (a provider notified us) or outbound (we notified a tenant)."""
+    """One delivery attempt, inbound (a provider notified us) or outbound (we notified a tenant).
+
+    Partitioned by RANGE (created_at), one partition per UTC day, each by LIST (success) (0008):
+    the table's key is (id, created_at, success); the mapper still identifies a row by ``id``.
+    """
 
     __tablename__ = "webhook_delivery_log"
+    __mapper_args__ = {"primary_key": ["id"]}  # noqa: RUF012 - SQLAlchemy reads it once
     __table_args__ = (
         Index("ix_webhook_delivery_log_store_id_created_at", "store_id", "created_at"),
         Index("ix_webhook_delivery_log_success_created_at", "success", "created_at"),
@@ -106,17 +112,22 @@ class WebhookDeliveryLog(Base):
         str_enum(Direction, "direction"), server_default=Direction.INBOUND.value
     )
     attempt: Mapped[int] = mapped_column(server_default="1")
-    success: Mapped[bool]
+    success: Mapped[bool] = mapped_column(primary_key=True)
     response_code: Mapped[int | None]
     error_message: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None]
-    created_at: Mapped[created_at]
+    created_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=func.now())
 
 
 class WebhookHealthLog(Base):
-    """A periodic health reading of one subscription: its 0..1 score and the patterns found."""
+    """A periodic health reading of one subscription: its 0..1 score and the patterns found.
+
+    Partitioned by RANGE (checked_at), one partition per UTC day (0008): the table's key is
+    (id, checked_at); the mapper still identifies a row by ``id``.
+    """
 
     __tablename__ = "webhook_health_log"
+    __mapper_args__ = {"primary_key": ["id"]}  # noqa: RUF012 - SQLAlchemy reads it once
     __table_args__ = (
         CheckConstraint("health_score >= 0 AND health_score <= 1", name="health_score_range"),
         Index("ix_webhook_health_log_subscription_id_checked_at", "subscription_id", "checked_at"),
@@ -137,4 +148,4 @@ class WebhookHealthLog(Base):
     renewal_failures: Mapped[int] = mapped_column(server_default="0")
     failure_patterns: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     details: Mapped[jsonb]
-    checked_at: Mapped[created_at]
+    checked_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=func.now())

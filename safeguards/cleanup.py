@@ -1,6 +1,13 @@
 """Retention cleanup: rows past retention deleted in short batches, one audit row per table.
 
 Policies are data (SQL over ``:cutoff``); batches are short transactions with local timeouts.
+
+The time-partitioned history tables (``safeguards.partitions``) lose whole days instead: a day
+partition goes (detached and dropped) once its last instant is past the cutoff, and a
+sub-partitioned day's leaf (successful deliveries) is truncated once past its own rule's cutoff.
+The day that straddles the cutoff is kept whole, so a row outlives its retention by less than
+one day (never goes early); only rows in the DEFAULT partition (a day with no partition yet)
+are deleted row by row, exactly at the cutoff.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from sqlalchemy import Connection, Engine, func, insert, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import CleanupAuditLog, CleanupOutcome
+from safeguards import partitions
 from syncguard.db import get_engine
 from syncguard.settings import Settings, get_settings
 
@@ -42,18 +50,28 @@ _ANALYZE = text("SELECT syncguard_analyze(CAST(:table AS regclass))")
 
 @dataclass(frozen=True)
 class Rule:
-    """Rows matching ``condition`` (SQL over ``:cutoff``) once older than the setting's days."""
+    """Rows matching ``condition`` (SQL over ``:cutoff``) once older than the setting's days.
+
+    ``leaf`` names the sub-partition of a day that holds exactly this rule's rows (``ok`` for
+    ``<table>_pYYYYMMDD_ok``), emptied whole once the day is past this rule's cutoff.
+    """
 
     condition: str
     retention_days: Callable[[Settings], int]
+    leaf: str | None = None
 
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """What one table keeps; its rules are applied one after another, one audit row in all."""
+    """What one table keeps; its rules are applied one after another, one audit row in all.
+
+    A ``partitioned`` table loses whole day partitions (see the module's docstring); its rules'
+    conditions then apply row by row to its DEFAULT partition only.
+    """
 
     table: str
     rules: tuple[Rule, ...]
+    partitioned: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,8 @@ class CleanupResult:
     complete: bool = True
     analyzed: bool = False
     error_message: str | None = None
+    #: Partitions dropped and leaves truncated (in a dry run: those that would be), by name.
+    partitions: tuple[str, ...] = ()
 
     @property
     def max_batch_ms(self) -> float:
@@ -98,10 +118,10 @@ def within_budget(batches: int, elapsed_s: float, settings: Settings) -> bool:
 #: Successful deliveries, then failed ones, each past its own retention.
 DELIVERY_LOG = RetentionPolicy("webhook_delivery_log", (
     Rule("success AND created_at < :cutoff",
-         lambda s: s.cleanup_delivery_success_retention_days),
+         lambda s: s.cleanup_delivery_success_retention_days, leaf="ok"),
     Rule("NOT success AND created_at < :cutoff",
-         lambda s: s.cleanup_delivery_failure_retention_days),
-))
+         lambda s: s.cleanup_delivery_failure_retention_days, leaf="failed"),
+), partitioned=True)
 #: Exhausted outbound deliveries' dead-letter entries reviewed longer ago than retention (others
 #: wait for an operator); created_at <= reviewed_at, its predicate is for (reviewed, created_at).
 FAILED_DELIVERIES = RetentionPolicy("failed_job_archive", (
@@ -115,14 +135,14 @@ OUTBOUND_MESSAGES = RetentionPolicy("outbound_messages", (
     Rule("status IN ('delivered', 'archived', 'dropped') AND updated_at < :cutoff",
          lambda s: s.cleanup_delivery_failure_retention_days),
 ))
-#: System health metrics past retention (BRIN on measured_at).
+#: System health metrics past retention.
 HEALTH_METRICS = RetentionPolicy("system_health_metrics", (
     Rule("measured_at < :cutoff", lambda s: s.cleanup_health_metrics_retention_days),
-))
+), partitioned=True)
 #: Subscription health readings past retention.
 WEBHOOK_HEALTH = RetentionPolicy("webhook_health_log", (
     Rule("checked_at < :cutoff", lambda s: s.cleanup_webhook_health_retention_days),
-))
+), partitioned=True)
 #: Alerts resolved longer ago than retention (open ones stay); raised_at <= resolved_at, its
 #: predicate is for the (status, raised_at) index.
 RESOLVED_ALERTS = RetentionPolicy("alerts", (
@@ -147,14 +167,18 @@ def apply_policy(
     cutoffs = [reference - timedelta(days=rule.retention_days(settings)) for rule in policy.rules]
     started, done, counted = time.monotonic(), list[tuple[int, float]](), 0
     outcome = CleanupOutcome.DRY_RUN if dry_run else CleanupOutcome.SUCCESS
-    error, complete, analyzed = None, True, False
+    error, complete, analyzed, expired = None, True, False, list[str]()
+    # A partitioned table's rules delete row by row in its DEFAULT partition only.
+    rows_in = partitions.default_partition(policy.table) if policy.partitioned else policy.table
     try:
+        if policy.partitioned:
+            counted = _expire_partitions(engine, policy, cutoffs, settings, dry_run, expired)
         if dry_run:
-            counted = _count(engine, policy, cutoffs, settings)
+            counted += _count(engine, rows_in, policy, cutoffs, settings)
         else:
-            complete = _delete(engine, policy, cutoffs, settings, done)
+            complete = _delete(engine, rows_in, policy, cutoffs, settings, done)
             if sum(rows for rows, _ in done) >= settings.cleanup_analyze_after_rows:
-                analyzed = _analyze(engine, policy.table, settings)
+                analyzed = _analyze(engine, rows_in, settings)
     except SQLAlchemyError as exc:
         # One table failing must not stop the others: record it, loudly, and move on.
         log.exception("cleanup of %s failed after %d batches", policy.table, len(done))
@@ -163,7 +187,7 @@ def apply_policy(
     duration_ms = round((time.monotonic() - started) * 1000)
     result = CleanupResult(
         run_id or uuid.uuid4(), policy.table, outcome, rows_deleted, duration_ms,
-        tuple(ms for _, ms in done), complete, analyzed, error,
+        tuple(ms for _, ms in done), complete, analyzed, error, tuple(expired),
     )  # fmt: skip
     _write_audit(engine, result)
     return result
@@ -238,29 +262,73 @@ def _set_timeouts(conn: Connection, settings: Settings) -> None:
     conn.execute(_SET_TIMEOUTS, {"lock": str(lock_ms), "stmt": str(statement_ms)})
 
 
+def _expire_partitions(
+    engine: Engine,
+    policy: RetentionPolicy,
+    cutoffs: list[datetime],
+    settings: Settings,
+    dry_run: bool,
+    expired: list[str],
+) -> int:
+    """Drop the days wholly past every rule, truncate leaves past their own; rows they held.
+
+    Each drop or truncate is its own short transaction under the cleanup's lock timeout (DETACH
+    takes an ACCESS EXCLUSIVE lock on the parent for a moment); appends each name to ``expired``.
+    """
+    with engine.connect() as conn:
+        days = partitions.day_partitions(conn, policy.table)
+    removed, oldest_cutoff = 0, min(cutoffs)
+    for day in days:
+        if day.upper <= oldest_cutoff:
+            targets = [(day.name, partitions.drop_partition)]
+        else:
+            targets = [
+                (f"{day.name}_{rule.leaf}", partitions.truncate_leaf)
+                for rule, before in zip(policy.rules, cutoffs, strict=True)
+                if rule.leaf and day.upper <= before and f"{day.name}_{rule.leaf}" in day.leaves
+            ]
+        for name, expire in targets:
+            with engine.begin() as conn:
+                _set_timeouts(conn, settings)
+                held = partitions.count_rows(conn, name) if dry_run else expire(conn, name)
+            removed += held
+            if held or day.upper <= oldest_cutoff:
+                expired.append(name)
+    return removed
+
+
 def _count(
-    engine: Engine, policy: RetentionPolicy, cutoffs: list[datetime], settings: Settings
+    engine: Engine,
+    table: str,
+    policy: RetentionPolicy,
+    cutoffs: list[datetime],
+    settings: Settings,
 ) -> int:
     total = 0
     with engine.begin() as conn:
         _set_timeouts(conn, settings)
         for rule, before in zip(policy.rules, cutoffs, strict=True):
-            statement = text(_COUNT.format(table=policy.table, condition=rule.condition))
+            statement = text(_COUNT.format(table=table, condition=rule.condition))
             total += conn.execute(statement, {"cutoff": before}).scalar_one()
     return total
 
 
 def _delete(
     engine: Engine,
+    table: str,
     policy: RetentionPolicy,
     cutoffs: list[datetime],
     settings: Settings,
     done: list[tuple[int, float]],
 ) -> bool:
-    """Append (rows, ms) per batch to ``done``; True once nothing is left, False out of budget."""
+    """Append (rows, ms) per batch to ``done``; True once nothing is left, False out of budget.
+
+    ``table`` must be a plain table (a partition, never a partitioned parent): the batches pick
+    rows by ctid, which is unique within one table only.
+    """
     started, batch_size = time.monotonic(), settings.cleanup_batch_size
     for rule, before in zip(policy.rules, cutoffs, strict=True):
-        statement = text(_DELETE_BATCH.format(table=policy.table, condition=rule.condition))
+        statement = text(_DELETE_BATCH.format(table=table, condition=rule.condition))
         params, deleted = {"cutoff": before, "batch_size": batch_size}, batch_size
         while deleted == batch_size:
             if not within_budget(len(done), time.monotonic() - started, settings):

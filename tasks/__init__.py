@@ -14,6 +14,7 @@ TASK_MODULES = [
     "tasks.sync.reconcile",
     "tasks.alerting",
     "tasks.recovery",
+    "tasks.partitions",
 ]
 
 # Every task derives from ArchivingTask: bad arguments and failures end in the archive.

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, make_url, text
 
 import models
+from migrations.partitions import include_name
 from syncguard.migrate import downgrade, upgrade
 
 
@@ -31,7 +32,12 @@ def _drift(url: str) -> list[object]:
     engine = create_engine(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": include_name,
+            },
         )
         diff = compare_metadata(context, models.Base.metadata)
     engine.dispose()
