@@ -69,6 +69,15 @@ def connect(url: str, *, cluster: bool = False, timeout_s: float = SOCKET_TIMEOU
     return redis.Redis.from_url(urls[0], **timeouts)
 
 
+def primaries(client: redis.Redis) -> list[tuple[str, redis.Redis]]:
+    """``(name, client)`` of each primary holding part of the keyspace: every Cluster primary
+    (``host:port``), else the client itself (name ""). For what must visit every key (SCAN),
+    which on a Cluster walks one node: scan each, keeping one cursor per name."""
+    if not isinstance(client, RedisCluster):
+        return [("", client)]
+    return [(n.name, client.get_redis_connection(n)) for n in client.get_primaries()]
+
+
 def _sentinel_primary(urls: list[str], timeouts: dict[str, Any]) -> redis.Redis:
     master = get_settings().redis_sentinel_master
     if not master:

@@ -28,7 +28,7 @@ from safeguards.circuit_breaker.breaker import CircuitBreaker
 from safeguards.health_metrics import prometheus
 from safeguards.rate_limit import limiter as limiter_module
 from safeguards.rate_limit.limiter import RateLimiter, flush_usage_to_postgres
-from safeguards.redis_state import get_redis
+from safeguards.redis_state import get_redis, primaries
 from safeguards.single_flight import SingleFlight
 from syncguard.db import service_session
 from syncguard.settings import get_settings
@@ -73,14 +73,14 @@ def safeguards_on(cluster: OwnCluster) -> Iterator[redis.Redis]:
             _forget_clients()
 
 
-def _nodes_holding(cluster: OwnCluster, kind: str, scopes: Iterable[uuid.UUID]) -> int:
-    """How many nodes hold keys of ``kind`` of these scopes (stores) under this run's prefix."""
+def _nodes_holding(client: redis.Redis, kind: str, scopes: Iterable[uuid.UUID]) -> int:
+    """How many primaries hold keys of ``kind`` of these scopes (stores), each SCANned."""
     prefix = get_settings().redis_prefix
     patterns = [f"{prefix}{kind}:{{{scope}}}*" for scope in scopes]
+    nodes = primaries(client)
+    assert len(nodes) == 3
     return sum(
-        1
-        for port in cluster.ports
-        if any(next(cluster.node(port).scan_iter(p, count=1000), None) for p in patterns)
+        1 for _, node in nodes if any(next(node.scan_iter(p, count=1000), None) for p in patterns)
     )
 
 
@@ -110,7 +110,7 @@ def test_every_safeguard_decides_on_a_cluster(engine: Engine, cluster: OwnCluste
         limiter.throttle(str(stores[0]), 30.0, provider=Provider.GMAIL)
         assert limiter.usage(str(stores[0]), provider=Provider.GMAIL).throttled_until
         assert limiter.usage(str(stores[1]), provider=Provider.GMAIL).success_count == 1
-        assert _nodes_holding(cluster, "ratelimit", stores) >= 2  # spread over the nodes
+        assert _nodes_holding(client, "ratelimit", stores) >= 2  # spread over the nodes
 
         breaker = CircuitBreaker(client, write_through=False)
         for _ in range(10):
@@ -177,8 +177,9 @@ def test_a_workers_syncs_with_its_safeguards_on_a_cluster_lose_nothing(
     env = {**emulator_env(emulator), **RECOVERY_ENV, **CLUSTER_ENV, "REDIS_URL": cluster.url}
     purge_queues()
     started = datetime.now(UTC)
-    with safeguards_on(cluster), group_worker(env, concurrency=2), driver(env, list(stores)):
-        settle_stores(engine, stores, timeout_s=120)
-        result = figures("safeguards on a 3-primary Redis Cluster", engine, stores, started)
-        assert _nodes_holding(cluster, "ratelimit", stores) >= 2  # the worker's decisions
+    with safeguards_on(cluster) as client, group_worker(env, concurrency=2):
+        with driver(env, list(stores)):
+            settle_stores(engine, stores, timeout_s=120)
+            result = figures("safeguards on a 3-primary Redis Cluster", engine, stores, started)
+        assert _nodes_holding(client, "ratelimit", stores) >= 2  # the worker's decisions
     assert result.ok, result.violations
