@@ -41,12 +41,16 @@ class OAuthCredentials:
     refresh_token: str
     access_token: str | None = None
     expires_at: datetime | None = None
+    #: Microsoft Entra tenant of the mailbox (not secret): with ``client_id`` it names the Graph
+    #: app quota the mailbox spends (per app per tenant); None for Gmail or an unknown tenant.
+    tenant_id: str | None = None
 
     def __repr__(self) -> str:
         access = "None" if self.access_token is None else "'***'"
         return (
             f"OAuthCredentials(client_id={self.client_id!r}, client_secret='***', "
-            f"refresh_token='***', access_token={access}, expires_at={self.expires_at!r})"
+            f"refresh_token='***', access_token={access}, expires_at={self.expires_at!r}, "
+            f"tenant_id={self.tenant_id!r})"
         )
 
     __str__ = __repr__
@@ -72,6 +76,7 @@ class OAuthCredentials:
             refresh_token=data["refresh_token"],
             access_token=data.get("access_token"),
             expires_at=parse_datetime(data.get("expires_at")),
+            tenant_id=data.get("tenant_id"),
         )
 
 
