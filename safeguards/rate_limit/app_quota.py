@@ -25,7 +25,7 @@ they are given back (the process's next lease) or age out (W + V after the grant
 count span W + V, i.e. a steady flow gets ``limit`` per W + V. Nothing is ever admitted over.
 When the app's quota is spent the call is refused like a store limit (RateLimited, deferred by
 the task, never a circuit failure), and the process remembers the refusal until its
-retry-after, so a refused app costs no round trip either.
+retry-after, so a refused app costs no round trip either (a smaller call still asks).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class AppQuotaPool:
         self.quota_of = quota_of
         self._lock = threading.Lock()
         self._blocks: dict[AppId, _Block] = {}
-        self._refused_until: dict[AppId, float] = {}
+        #: The last refusal of each app: until when, for calls of how many units or more.
+        self._refused: dict[AppId, tuple[float, int]] = {}
         self._registered: set[AppId] = set()
 
     def take(self, app: AppId, units: int) -> AppDecision:
@@ -95,9 +96,9 @@ class AppQuotaPool:
             if block is not None and now <= block.until_s and block.units >= units:
                 block.units -= units
                 return AppDecision(True, 0.0, None, units, round_trip=False)
-            refused_until = self._refused_until.get(app, 0.0)
-            if now < refused_until:
-                return AppDecision(False, refused_until - now, "app_quota", units, False)
+            until, refused_units = self._refused.get(app, (0.0, 0))
+            if now < until and units >= refused_units:  # a smaller call may still fit
+                return AppDecision(False, until - now, "app_quota", units, round_trip=False)
             return self._lease(app, quota, units, now, block)
 
     def give_back(self, app: AppId, units: int) -> None:
@@ -148,7 +149,7 @@ class AppQuotaPool:
             del self._blocks[app]  # its units went back with this lease
         self._register(app)
         if granted == 0:
-            self._refused_until[app] = now + wait_ms / 1000
+            self._refused[app] = (now + wait_ms / 1000, units)
             return AppDecision(False, wait_ms / 1000, reason, units, round_trip=True)
         # Spendable until V after the caller's clock at the request: never past the script's
         # effective grant time + V, which is what the guarantee needs.
