@@ -13,16 +13,25 @@ so the caller can check the durable ledger (``holder``, ``take_over``), and it l
 that run may still start — ``pending_ttl_s``, the queue bound, past the run's countdown
 (``requeue``) or its last lease renewal. A lost message therefore blocks its scope for at most
 its countdown plus the queue bound, never for a fixed number of hours.
+
+A run that executes as several messages (a job's retries, continuations, a recovered copy) names
+each execution in its lease: owner ``<run>/<execution>``. A stale execution (one the ledger has
+handed to another message) then cannot clear the dirty flag or keep the lease: ``claim`` takes
+the lease without clearing anything, the caller asks the ledger, and only the execution it names
+``begin``s (clears the flag) or ``take``s the lease from a sibling; a stale one ``drop``s it.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from safeguards.errors import SafeguardUnavailable
 from safeguards.redis_state import LuaScript, get_redis, key, run_script
 
 _SCRIPT = LuaScript("safeguards", "single_flight")
@@ -36,6 +45,14 @@ DEFAULT_LEASE_S = 120.0
 DEFAULT_PENDING_TTL_S = 600.0
 #: The owner a request names when the caller does not (the marker then says only "pending").
 ANONYMOUS = "1"
+
+
+class Claim(enum.IntEnum):
+    """Who holds the lease after ``SingleFlight.claim`` (the script's answer)."""
+
+    BUSY = 0
+    HELD = 1
+    SIBLING = 2
 
 
 @dataclass(frozen=True)
@@ -71,21 +88,55 @@ class SingleFlight:
 
         ``resume`` says this execution continues a run already under way (it reads on from a
         checkpoint): requests folded so far stay pending and cause a follow-up on ``release``.
+        False too, touching nothing, when another execution of the same run holds it (see
+        ``claim``).
         """
         return self._call("acquire", scope, owner, resume=resume) == 1
+
+    def claim(self, scope: str, owner: str) -> Claim:
+        """``acquire`` with ``resume``, saying who holds the lease when the caller does not.
+
+        ``owner`` is a token ``<run>/<execution>``. ``HELD``: the caller holds the lease now
+        (a fresh run then calls ``begin`` once the ledger confirmed it). ``SIBLING``: another
+        execution of the same run holds it, nothing changed: the ledger says which of the two
+        may run (``take`` for the one it names). ``BUSY``: another run holds it; marked dirty.
+        """
+        return Claim(self._call("acquire", scope, owner, resume=True))
+
+    def take(self, scope: str, owner: str) -> bool:
+        """Take the lease for ``owner`` if it is free or held by another execution of the same
+        run (the caller is the one the ledger names); False if another run holds it."""
+        return self._call("take", scope, owner) == 1
+
+    def begin(self, scope: str, owner: str) -> bool:
+        """A fresh run starts reading: requests folded so far are covered (the dirty flag goes).
+
+        Only while ``owner`` holds the lease; False otherwise (nothing changed).
+        """
+        return self._call("begin", scope, owner) == 1
+
+    def drop(self, scope: str, owner: str) -> None:
+        """Give back the lease if ``owner`` holds it (a stale execution); nothing else changes."""
+        self._call("drop", scope, owner)
 
     def renew(self, scope: str, owner: str) -> bool:
         """Extend ``owner``'s lease and pending marker; False when the lease was lost."""
         return self._call("renew", scope, owner) == 1
 
-    def requeue(self, scope: str, owner: str, delay_s: float) -> None:
-        """``owner`` is re-published to start in ``delay_s`` seconds: keep it pending so long."""
-        self._call("requeue", scope, owner, delay_s=delay_s)
+    def requeue(self, scope: str, owner: str, delay_s: float, next_owner: str = "") -> None:
+        """``owner`` is re-published to start in ``delay_s`` seconds: keep it pending so long.
+
+        With ``next_owner`` (the next execution's token, e.g. a continuation's), a lease
+        ``owner`` holds passes to it for a lease plus ``delay_s``.
+        """
+        self._call("requeue", scope, owner, delay_s=delay_s, other=next_owner)
 
     def release(self, scope: str, owner: str, next_owner: str = ANONYMOUS) -> bool:
         """End ``owner``'s run; True when requests arrived meanwhile and one follow-up is due.
 
-        The pending marker then names ``next_owner``, the follow-up the caller enqueues.
+        The pending marker then names ``next_owner``, the follow-up the caller enqueues. A
+        repeated release (the caller failed after the first) answers True again while the
+        marker still names that same ``next_owner``: derive it from the run so it is stable.
         """
         return self._call("release", scope, owner, other=next_owner) == 1
 
@@ -99,6 +150,23 @@ class SingleFlight:
     def _call(self, verb: str, scope: str, owner: str, **extra: Any) -> int:
         return int(self._run(verb, scope, owner, **extra))
 
+    def run_many(self, verb: str, calls: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """``verb`` for each ``(scope, owner, other)`` in one pipelined round trip (each call
+        still one atomic step); the raw replies, in order. For bulk callers such as Beat's
+        reconciliation. Raises SafeguardUnavailable when Redis is unreachable."""
+        if not calls:
+            return []
+        client = self.client or get_redis()
+        pipe = client.pipeline(transaction=False)
+        script = _SCRIPT.on(client)
+        for scope, owner, other in calls:
+            keys, args = self._args(verb, scope, owner, other=other)
+            script(keys=keys, args=args, client=pipe)
+        try:
+            return list(pipe.execute())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise SafeguardUnavailable(f"safeguard state unreachable: {exc}") from exc
+
     def _run(
         self,
         verb: str,
@@ -109,12 +177,25 @@ class SingleFlight:
         other: str = "",
         delay_s: float = 0.0,
     ) -> Any:
+        keys, args = self._args(verb, scope, owner, resume=resume, other=other, delay_s=delay_s)
+        return run_script(self.client or get_redis(), _SCRIPT, keys, args)
+
+    def _args(
+        self,
+        verb: str,
+        scope: str,
+        owner: str,
+        *,
+        resume: bool = False,
+        other: str = "",
+        delay_s: float = 0.0,
+    ) -> tuple[list[str], list[Any]]:
         keys = [key(self.kind, scope, part) for part in ("pending", "lease", "dirty")]
         # A running run renews its marker only as often as its lease: never let it lapse first.
         pending_ms = int(max(self.pending_ttl_s, self.lease_s) * 1000)
         args = [verb, owner, int(self.lease_s * 1000), pending_ms]
         args += ["1" if resume else "0", other, int(max(delay_s, 0.0) * 1000)]
-        return run_script(self.client or get_redis(), _SCRIPT, keys, args)
+        return keys, args
 
 
 def new_owner() -> str:

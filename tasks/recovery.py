@@ -57,17 +57,19 @@ from typing import Any, cast
 
 from redis import RedisError
 from sqlalchemy import CursorResult, and_, func, or_, select, true, update
+from sqlalchemy.orm import Session
 
 from models import FailureCategory, MetricType, SyncJob, SyncJobStatus
 from safeguards.dead_letter.archive import move_to_dead_letter_queue
 from safeguards.errors import SafeguardUnavailable
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.redis_state import get_redis, key
-from syncguard.db import service_session
+from syncguard.db import service_session, session_or_new
 from syncguard.settings import get_settings
 from tasks import app
-from tasks.sync.jobs import archived_entry, set_status
-from tasks.sync.requests import SYNC_TASK, publish, release_flight, sync_flight
+from tasks.sync.ending import end_job
+from tasks.sync.jobs import archived_entry
+from tasks.sync.requests import SYNC_TASK, publish, sync_flight
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +147,13 @@ def overdue_jobs(store_ids: list[str] | None = None) -> list[Candidate]:
 def recover(candidate: Candidate) -> str | None:
     """Close, archive or re-publish one overdue job; None when another sweep or run won."""
     if candidate.celery_task_id and (entry := archived_entry(candidate.celery_task_id)):
-        if _claim(candidate, SyncJobStatus.ARCHIVED, candidate.celery_task_id, entry.id):
-            release_flight(candidate.store_id, candidate.id)
+        task_id, entry_id = candidate.celery_task_id, entry.id
+
+        def close(session: Session) -> bool:
+            return _claim(candidate, SyncJobStatus.ARCHIVED, task_id, entry_id, session)
+
+        # Closed together with the follow-up of requests folded into it (tasks/sync/ending.py).
+        if end_job(candidate.store_id, candidate.id, SyncJobStatus.ARCHIVED, close=close):
             return "closed"
         return None
     task_id = str(uuid.uuid4())
@@ -167,9 +174,14 @@ def recover(candidate: Candidate) -> str | None:
 
 
 def _claim(
-    candidate: Candidate, status: SyncJobStatus, task_id: str, entry_id: uuid.UUID | None
+    candidate: Candidate,
+    status: SyncJobStatus,
+    task_id: str,
+    entry_id: uuid.UUID | None,
+    session: Session | None = None,
 ) -> bool:
-    """Compare-and-set: move the job on only if it is exactly as the sweep read it."""
+    """Compare-and-set: move the job on only if it is exactly as the sweep read it (in
+    ``session``'s transaction when given)."""
     values: dict[str, Any] = {"status": status, "celery_task_id": task_id}
     if entry_id is not None:
         values.update(finished_at=func.now(), error_message=f"archived as {entry_id}")
@@ -186,8 +198,8 @@ def _claim(
         )
         .values(**values)
     )
-    with service_session() as session:
-        result = cast(CursorResult[Any], session.execute(stmt))
+    with session_or_new(session) as s:
+        result = cast(CursorResult[Any], s.execute(stmt))
         return result.rowcount == 1
 
 
@@ -215,8 +227,8 @@ def _archive_exhausted(candidate: Candidate, task_id: str) -> None:
     )
     # Should this fail, the job stays queued and the next sweep past the bound archives it
     # (the archive is written once per task id; the next attempt has a new one).
-    set_status(candidate.id, SyncJobStatus.ARCHIVED, error_message=f"archived as {entry_id}")
-    release_flight(candidate.store_id, candidate.id)
+    message = f"archived as {entry_id}"
+    end_job(candidate.store_id, candidate.id, SyncJobStatus.ARCHIVED, error_message=message)
 
 
 def _rearm(candidate: Candidate) -> None:
@@ -240,4 +252,5 @@ def _lease_alive(candidate: Candidate) -> bool:
         return False  # the ledger's view alone: no page committed for a whole lease period
     if isinstance(holder, bytes):
         holder = holder.decode()
-    return holder == str(candidate.id)
+    # The lease names ``<job id>/<task id>`` (tasks/sync/lease.py): any message of this job.
+    return isinstance(holder, str) and holder.split("/")[0] == str(candidate.id)

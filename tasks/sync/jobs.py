@@ -6,7 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, insert, literal, select, update
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models import (
@@ -56,7 +57,9 @@ def create_job(
     with session_or_new(session) as s:
         # One statement: the row is written only for an active store, its kind read from the
         # store's cursor; the store is looked at again only to say why nothing was written.
-        created = s.execute(_insert_job(store_id, trigger, new_id, celery_task_id)).scalar()
+        created = s.execute(insert_job(store_id, trigger, new_id, celery_task_id)).scalar()
+        if created is None and s.get(SyncJob, new_id) is not None:
+            raise ValidationFailure(f"sync job {new_id} exists already")
         if created is None:
             store = s.get(Store, store_id)
             if store is None:
@@ -65,10 +68,12 @@ def create_job(
         return new_id
 
 
-def _insert_job(
+def insert_job(
     store_id: uuid.UUID, trigger: SyncTrigger, job_id: uuid.UUID, celery_task_id: str | None
 ) -> Any:
-    """``INSERT INTO sync_jobs … SELECT … FROM stores WHERE id = … AND status = 'active'``."""
+    """``INSERT INTO sync_jobs … SELECT … FROM stores WHERE id = … AND status = 'active'
+    ON CONFLICT (id) DO NOTHING RETURNING id``: the id when written, no row when the store is
+    not active or the job exists already."""
     jobs = SyncJob.__table__.c
     kind = case(
         (func.coalesce(Store.sync_cursor, "") == "", literal(SyncKind.FULL, jobs.kind.type)),
@@ -85,9 +90,13 @@ def _insert_job(
         func.now(),
     ).where(Store.id == store_id, Store.status == StoreStatus.ACTIVE)
     columns = ["id", "business_id", "store_id", "kind", "trigger", "checkpoint"]
-    return (
-        insert(SyncJob).from_select([*columns, "celery_task_id", "eta"], row).returning(SyncJob.id)
-    )
+    statement = insert(SyncJob).from_select([*columns, "celery_task_id", "eta"], row)
+    # A repeated attempt (same id) writes nothing and returns no row: the caller tells.
+    return statement.on_conflict_do_nothing(index_elements=["id"]).returning(SyncJob.id)
+
+
+#: The name api/receipt.py imports (one job-row statement for every writer).
+_insert_job = insert_job
 
 
 def start_job(
@@ -157,15 +166,37 @@ def _find(session: Any, job_id: str | None, celery_task_id: str) -> SyncJob | No
     return session.scalars(stmt).first()  # type: ignore[no-any-return]
 
 
-def set_status(job_id: uuid.UUID, status: SyncJobStatus, **values: Any) -> None:
-    """Move the job to ``status``; final states stamp ``finished_at``."""
+def set_status(
+    job_id: uuid.UUID, status: SyncJobStatus, *, session: Session | None = None, **values: Any
+) -> None:
+    """Move the job to ``status``; final states stamp ``finished_at``. With ``session``, in the
+    caller's transaction."""
     final = status in (SyncJobStatus.SUCCEEDED, SyncJobStatus.FAILED, SyncJobStatus.ARCHIVED)
     if final:
         values.setdefault("finished_at", func.now())
     if isinstance(values.get("error_message"), str):  # often a provider's error text
         values["error_message"] = storable_text(values["error_message"])
+    with session_or_new(session) as s:
+        s.execute(update(SyncJob).where(SyncJob.id == job_id).values(status=status, **values))
+
+
+def owns(job_id: uuid.UUID, celery_task_id: str) -> bool:
+    """True while the ledger names message ``celery_task_id`` as the one running the job.
+
+    Asked while the message holds the store's lease: the recovery sweep never re-publishes a
+    running job whose lease is alive, so the answer holds for as long as the lease does.
+    """
     with service_session() as session:
-        session.execute(update(SyncJob).where(SyncJob.id == job_id).values(status=status, **values))
+        row = session.execute(
+            select(SyncJob.status, SyncJob.celery_task_id).where(SyncJob.id == job_id)
+        ).first()
+    return row is not None and tuple(row) == (SyncJobStatus.RUNNING, celery_task_id)
+
+
+def follow_up_id(job_id: uuid.UUID) -> uuid.UUID:
+    """The id of job ``job_id``'s one follow-up: derived, so a repeated attempt to end the job
+    names (and creates) the same follow-up, never a second one."""
+    return uuid.uuid5(job_id, "follow-up")
 
 
 def count_deferral(job_id: uuid.UUID, reason: str, countdown_s: float) -> None:

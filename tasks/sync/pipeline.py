@@ -30,6 +30,7 @@ from tasks.guard import default_classifier
 from tasks.provider_clients import open_client, to_call_failure
 from tasks.renewal import ensure_healthy_subscription
 from tasks.replay import REPLAY_OF
+from tasks.sync.ending import end_job, record_job
 from tasks.sync.jobs import (
     archived_entry,
     count_deferral,
@@ -40,6 +41,7 @@ from tasks.sync.jobs import (
     start_job,
     starts_in,
 )
+from tasks.sync.lease import Hold, drop, hand_over, hold, keep
 from tasks.sync.mailbox_copy import (
     database_now,
     delete_messages,
@@ -48,7 +50,7 @@ from tasks.sync.mailbox_copy import (
     sweep_unseen,
     upsert_messages,
 )
-from tasks.sync.requests import release_flight, sync_flight
+from tasks.sync.requests import sync_flight
 from tasks.sync.set_aside import announce_set_aside, set_aside
 
 
@@ -100,6 +102,23 @@ class SyncTask(SafeguardedTask):
         if (store_id := self.store_id()) is not None:
             sync_flight().requeue(str(store_id), str(job_id), countdown_s)
 
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
+        """Publish; a sync without a job id (``sync_store.delay(store_id)``) gets its job row
+        first, committed, and its message carries the job id (the ledger rule: every accepted
+        job is recorded before its message exists, so the recovery sweep can re-publish it).
+
+        Raises ValidationFailure for an unknown store and ``StoreNotSyncable`` for an inactive
+        one, as ``request_sync`` does; nothing is published then.
+        """
+        kwargs = dict(kwargs or {})
+        if kwargs.get("job_id") is None:
+            store = args[0] if args else kwargs.get(self.store_arg)
+            job_id, task_id = record_job(store, task_id)
+            kwargs["job_id"] = str(job_id)
+        return super().apply_async(args, kwargs, task_id=task_id, **options)
+
     def is_replay(self) -> bool:
         """True when this message is a replay of a dead-letter entry."""
         return REPLAY_OF in (self.request.headers or {})
@@ -114,8 +133,8 @@ class SyncTask(SafeguardedTask):
         if category is FailureCategory.AUTHENTICATION:
             _mark_store(store_id, StoreStatus.NEEDS_REAUTH, str(exc))
         if (job_id := job_for_task(self.request.id)) is not None:
-            set_status(job_id, SyncJobStatus.ARCHIVED, error_message=f"archived as {entry_id}")
-            release_flight(store_id, job_id)
+            message = f"archived as {entry_id}"
+            end_job(store_id, job_id, SyncJobStatus.ARCHIVED, error_message=message)
 
 
 @app.task(bind=True, base=SyncTask, name="tasks.sync.sync_store")  # type: ignore[untyped-decorator]
@@ -129,20 +148,23 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     # The seed's pre-processing check: an expired or unhealthy subscription gets renewed.
     ensure_healthy_subscription(store_uuid)
     # A job with a checkpoint continues a run under way: requests folded into it stay pending.
-    if not sync_flight().acquire(str(store_uuid), str(job.id), resume=bool(job.checkpoint)):
+    held = hold(store_uuid, job.id, self.request.id, fresh=not job.checkpoint)
+    if held is Hold.STALE:  # the sweep handed the job to another message meanwhile
+        return {"job_id": str(job.id), "stale": True}
+    if held is Hold.BUSY:
         if _held_by_ended_job(store_uuid):
             return _wait_out_hold(store_id, job.id)
         set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
         return {"job_id": str(job.id), "coalesced": True}
     store = _load_store(store_uuid)
     if store.status is not StoreStatus.ACTIVE:
-        set_status(job.id, SyncJobStatus.FAILED, error_message=f"store is {store.status}")
-        release_flight(store_uuid, job.id)
+        end_job(store_uuid, job.id, SyncJobStatus.FAILED, error_message=f"store is {store.status}")
         return {"job_id": str(job.id), "skipped": str(store.status)}
     client = open_client(store, lambda operation, cost: self.guard(operation, cost=cost))
     try:
         progress = SyncRun(client, store, job, self.request.id).run()
     except Superseded:  # the sweep handed the job to another message: that one runs it
+        drop(store_uuid, job.id, self.request.id)
         return {"job_id": str(job.id), "superseded": True}
     finally:
         client.close()
@@ -151,13 +173,11 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
         # it may run the job from now on.
         next_id = str(uuid.uuid4())
         set_status(job.id, SyncJobStatus.QUEUED, celery_task_id=next_id, eta=starts_in(0))
-        sync_flight().requeue(str(store_uuid), str(job.id), 0.0)
+        hand_over(store_uuid, job.id, self.request.id, next_id)
         sync_store.apply_async(args=[store_id], kwargs={"job_id": str(job.id)}, task_id=next_id)
         return {"job_id": str(job.id), "continued": True, "pages": progress.pages}
-    # The follow-up is published before the job ends: should publishing fail, the retry of a
-    # job still running does it again (the message of an ended job would be a no-op).
-    release_flight(store_uuid, job.id)
-    set_status(job.id, SyncJobStatus.SUCCEEDED, error_message=None)
+    # The job ends together with its follow-up's row (tasks/sync/ending.py).
+    end_job(store_uuid, job.id, SyncJobStatus.SUCCEEDED, error_message=None)
     announce(
         store.business_id,
         "sync.completed",
@@ -235,10 +255,9 @@ class SyncRun:
         announce_set_aside(self.store.business_id, set_aside_ids)  # committed: now tell
         self.pages += 1
         self.done = cursor is not None
-        flight, scope, owner = sync_flight(), str(store_id), str(self.job.id)
         # A lapsed lease (Redis restarted empty, or a page outlasted it) is taken again unless
         # another run holds it now; then this run yields, and the sweep recovers the job later.
-        if not flight.renew(scope, owner) and not flight.acquire(scope, owner, resume=True):
+        if not keep(store_id, self.job.id, self.task_id):
             raise Superseded(f"another run holds the sync lease of store {store_id}")
 
     def _save(self, session: Any, upserted: int, deleted: int, cursor: str | None) -> None:

@@ -24,14 +24,17 @@ from models import Provider, SyncJobStatus, SyncTrigger
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from tasks.recovery import overdue_jobs, recover
 from tasks.sync.jobs import create_job, start_job
+from tasks.sync.lease import Hold, hold
 from tasks.sync.requests import request_sync, sync_flight
-from tests.reliability.recovery_support import RECOVERY_ENV, recovery_settings, unsettled
+from tests.reliability.recovery_support import RECOVERY_ENV, job, recovery_settings, unsettled
 from tests.sync_support import (
     FINAL,
     connect_store,
     emulator_env,
     eventually,
+    jobs_of,
     local_copy,
+    mailbox_copy,
     wait_for_job,
 )
 from tests.worker import purge_queues, running_worker
@@ -81,3 +84,47 @@ def test_a_request_after_a_superseded_hold_still_reads_the_new_mail(
     eventually(lambda: late in local_copy(engine, store_id), timeout_s=60)
     eventually(lambda: not unsettled(engine, [store_id]), timeout_s=60)
     assert wait_for_job(engine, follow_up).status in FINAL
+
+
+def _stalled_then_superseded(engine: Engine, store_id: uuid.UUID) -> tuple[uuid.UUID, str]:
+    """Job A whose first message passed ``start_job`` and stalled; the sweep re-published it
+    under a new message, which a real worker now runs. Returns (job A, the stalled task id)."""
+    job_a, stalled = uuid.uuid4(), str(uuid.uuid4())
+    assert sync_flight().request(str(store_id), str(job_a))
+    create_job(store_id, SyncTrigger.MANUAL, job_a, celery_task_id=stalled)
+    assert start_job(store_id, str(job_a), stalled) is not None  # no checkpoint yet: fresh
+    with engine.begin() as conn:  # no page for longer than a lease: the sweep takes it over
+        conn.execute(
+            text("UPDATE sync_jobs SET updated_at = now() - interval '1 hour' WHERE id = :id"),
+            {"id": job_a},
+        )
+    (candidate,) = [c for c in overdue_jobs([str(store_id)]) if c.id == job_a]
+    assert recover(candidate) == "recovered"
+    return job_a, stalled
+
+
+def test_a_stale_message_cannot_clear_a_request_folded_into_the_running_job(
+    engine: Engine, emulator: EmulatorHandle, worker: None
+) -> None:
+    # Outlook: a delta round reads the changes up to its start, so mail that arrives while it
+    # runs is read only by a follow-up; 40 messages are 10 pages, 5 runs of the new message.
+    store_id, mailbox = connect_store(engine, emulator, Provider.OUTLOOK)
+    for i in range(40):
+        mailbox.add(f"order {i}")
+    mailbox.faults(slow_ms=300)
+    job_a, stalled = _stalled_then_superseded(engine, store_id)
+    eventually(lambda: job(engine, job_a).pages_processed >= 1)  # the new message reads
+
+    late = mailbox.add("late order")
+    assert request_sync(store_id) is None  # folded into job A, which runs
+    # The stalled message wakes up and takes its next step, as sync_store does: the lease,
+    # as a fresh run (its job had no checkpoint when it passed start_job).
+    assert hold(store_id, job_a, stalled, fresh=True) is Hold.STALE
+
+    assert wait_for_job(engine, job_a, timeout_s=90).status is SyncJobStatus.SUCCEEDED
+    eventually(lambda: not unsettled(engine, [store_id]), timeout_s=90)
+    mailbox.faults()
+    assert late in local_copy(engine, store_id)
+    assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.OUTLOOK)
+    follow_ups = [j for j in jobs_of(engine, store_id) if j.trigger is SyncTrigger.FOLLOW_UP]
+    assert len(follow_ups) == 1  # the folded request's one follow-up
