@@ -38,6 +38,9 @@ RECOVER_SYNC_JOBS_EVERY_S = get_settings().sync_recovery_sweep_s
 #: of the outbound recovery bound, see tasks/outbound/ledger.py).
 RECOVER_OUTBOUND_EVERY_S = get_settings().outbound_recovery_sweep_s
 
+#: How often Beat creates the history tables' day partitions ahead, seconds (tasks/partitions.py).
+ENSURE_PARTITIONS_EVERY_S = 3600.0
+
 #: When the daily retention cleanup runs: 03:30 in the app's timezone (UTC), a quiet hour.
 RETENTION_CLEANUP_AT = crontab(hour=3, minute=30)
 
@@ -78,6 +81,9 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     ),
     "maintenance.recover_outbound_messages": _every(
         "tasks.outbound.ledger.recover_outbound_messages", RECOVER_OUTBOUND_EVERY_S, MAINTENANCE
+    ),
+    "maintenance.ensure_history_partitions": _every(
+        "tasks.partitions.ensure_history_partitions", ENSURE_PARTITIONS_EVERY_S, MAINTENANCE
     ),
     "maintenance.run_all_cleanup_tasks": {
         "task": "tasks.maintenance.run_all_cleanup_tasks",
