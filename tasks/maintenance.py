@@ -14,6 +14,7 @@ from safeguards.circuit_breaker.breaker import flush_stats_to_postgres
 from safeguards.health_metrics.collect import collect_metrics as write_snapshot
 from safeguards.health_metrics.queue_depth import queue_depths
 from safeguards.rate_limit.limiter import flush_usage_to_postgres
+from safeguards.redis_state import get_redis
 from syncguard.db import get_engine
 from syncguard.services import current_services
 from tasks import app
@@ -41,11 +42,12 @@ def heartbeat(self: Any) -> dict[str, Any]:
 
 def _redis_ping(redis_url: str) -> bool:
     try:
-        with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
-            return bool(client.ping())
+        # The safeguards' own client: a Sentinel URL or a Cluster is reached as they reach it.
+        return bool(get_redis(redis_url).ping())
     except redis.RedisError:
         # The heartbeat reports Redis as down rather than failing: the database half is still news.
-        log.warning("heartbeat: Redis at %s did not answer PING", redis_url, exc_info=True)
+        # No URL in the line: it may carry a password.
+        log.warning("heartbeat: the safeguards' Redis did not answer PING", exc_info=True)
         return False
 
 

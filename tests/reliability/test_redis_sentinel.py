@@ -4,7 +4,7 @@ broker are one primary with a replica and a Sentinel (``sentinel://`` with
 fails the primary over mid-run (``SENTINEL FAILOVER``: the old primary keeps taking writes from
 clients still connected to it until it is demoted, as in production); new mail then arrives and
 syncs are requested through the new primary. Nothing is lost (the audit passes), and the worker's
-safeguards count their calls on the new primary.
+safeguards count their calls on the new primary, and the heartbeat pings it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from safeguards.health_metrics import prometheus
 from safeguards.rate_limit import limiter as limiter_module
 from safeguards.rate_limit.limiter import RateLimiter
 from safeguards.redis_state import get_redis
+from syncguard.services import current_services
+from tasks.maintenance import heartbeat
 from tests.providers import Mailbox
 from tests.reliability.fault_support import figures, settle
 from tests.reliability.recovery_support import RECOVERY_ENV, group_worker, recovery_settings
@@ -49,6 +51,7 @@ def sentinel() -> Iterator[OwnSentinel]:
 def _forget_clients() -> None:
     # Every process-wide client of the safeguards' Redis, made again from the settings.
     get_redis.cache_clear()
+    current_services.cache_clear()
     limiter_module._DEFAULT.clear()
     prometheus._default_client.cache_clear()
 
@@ -104,5 +107,6 @@ def test_a_sentinel_failover_during_syncs_loses_nothing(
             settle(engine, stores, timeout_s=120)
             result = figures("Sentinel failover mid-run", engine, stores, cleared_at)
         assert get_redis().connection_pool.get_master_address()[1] == new  # type: ignore[attr-defined]
+        assert heartbeat()["redis_ping"]  # Beat's heartbeat reaches Redis through the Sentinel
         assert _calls_counted(stores) > before  # the worker's safeguards reached the new primary
     assert result.ok, result.violations
