@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -54,9 +54,12 @@ def gmail_store(session: Session, address: str) -> StoreRef | None:
 
 
 def outlook_subscriptions(
-    session: Session, subscription_ids: Collection[str]
+    session: Session | Connection, subscription_ids: Collection[str]
 ) -> dict[str, SubscriptionRef]:
-    """The Graph subscriptions among ``subscription_ids``, by Graph subscription id."""
+    """The Graph subscriptions among ``subscription_ids``, by Graph subscription id.
+
+    On a Connection the select skips the ORM's execution layer (it reads plain columns).
+    """
     if not subscription_ids:
         return {}
     rows = session.execute(

@@ -38,11 +38,10 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.orm import Session
 
 from api.errors import Rejected
 from api.graph_items import (
@@ -61,15 +60,15 @@ from api.intake import (
     answer,
     publish_after_commit,
     read_intake,
-    record,
 )
-from api.lookups import outlook_subscriptions, touch_subscriptions
+from api.lookups import outlook_subscriptions
 from api.outcomes import Ignored, as_ignored
+from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import SyncTrigger
 from safeguards.errors import ValidationFailure
 from syncguard.db import service_session
 from tasks import app as celery_app
-from tasks.sync.requests import PlannedSync, plan_sync
+from tasks.sync.requests import PlannedSync, plan_sync, reserve_sync
 
 #: Celery tasks (by name: tasks/webhooks.py) that answer lifecycle events about a subscription.
 LIFECYCLE_TASKS = {
@@ -112,15 +111,17 @@ def _receive(request: Request, intake: Intake, *, lifecycle_url: bool) -> Respon
 
     def process() -> Delivered:
         items = parse_items(intake.json())
-        # One transaction: subscriptions looked up, job rows, subscriptions touched, delivery
-        # rows; the messages are published only once it has committed (the ledger rule).
+        # One transaction (see api.receipt); the messages are published only once it has
+        # committed (the ledger rule).
         planned: list[PlannedSync] = []
         try:
-            with service_session() as session:
-                subscriptions = outlook_subscriptions(session, subscription_ids(items))
-                judged = [judge(item, subscriptions, lifecycle_url) for item in items]
-                verdicts, sends = _act(session, judged, planned)
-                logged = _log(session, intake, verdicts)
+            try:
+                verdicts, sends, logged = _commit(intake, items, lifecycle_url, planned, True)
+            except StoreChanged:  # rolled back: a store changed since the lookup
+                for plan in planned:
+                    plan.cancel()
+                planned.clear()
+                verdicts, sends, logged = _commit(intake, items, lifecycle_url, planned, False)
         except BaseException:
             for plan in planned:  # not committed: the jobs their markers name do not exist
                 plan.cancel()
@@ -144,12 +145,53 @@ def _handshake(token: str) -> Delivered:
     return Delivered(PlainTextResponse(token, headers={"X-Content-Type-Options": "nosniff"}))
 
 
-def _act(
-    session: Session, verdicts: list[Verdict], planned: list[PlannedSync]
-) -> tuple[list[Verdict], list[Callable[[], object]]]:
-    """Plan one sync per store (appended to ``planned``) and the lifecycle tasks to send; the
-    verdicts, with items whose sync can never be requested (store paused or deleted meanwhile)
-    turned into ignored ones, and the sends to make once the transaction has committed."""
+def _commit(
+    intake: Intake,
+    items: list[Any],
+    lifecycle_url: bool,
+    planned: list[PlannedSync],
+    together: bool,
+) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]]:
+    """One transaction: subscriptions looked up, job rows, subscriptions touched, delivery rows.
+
+    ``together``: the job rows are written in the receipt's one statement (StoreChanged when a
+    store is no longer active); else one by one, each store's refusal becoming an ignored
+    verdict. Plans are appended to ``planned``. Returns the verdicts, the lifecycle sends to
+    make once committed, and the delivery rows' ids.
+    """
+    with service_session() as session:
+        connection = session.connection()
+        subscriptions = outlook_subscriptions(connection, subscription_ids(items))
+        judged = [judge(item, subscriptions, lifecycle_url) for item in items]
+        syncs, sends = _wanted(judged)
+        jobs: list[tuple[PlannedSync, SyncTrigger]] = []
+        failed: dict[uuid.UUID, Ignored] = {}
+        for store_id, trigger in syncs.items():
+            if together:
+                plan = reserve_sync(session, store_id)
+                if plan is not None:
+                    planned.append(plan)
+                    jobs.append((plan, trigger))
+                continue
+            try:
+                plan = plan_sync(session, store_id, trigger)
+            except ValidationFailure as exc:  # one store's fate must not refuse the others
+                # Raised before any write (the store vanished or was paused since the lookup),
+                # so the transaction goes on for the other stores.
+                failed[store_id] = as_ignored(exc)
+            else:
+                if plan is not None:
+                    planned.append(plan)
+        verdicts = [_with_failure(v, failed) for v in judged]
+        touched, rows = _log_rows(verdicts)
+        logged = write_receipt(connection, jobs, touched, rows, intake.elapsed_ms())
+    return verdicts, sends, logged
+
+
+def _wanted(
+    verdicts: list[Verdict],
+) -> tuple[dict[uuid.UUID, SyncTrigger], list[Callable[[], object]]]:
+    """One sync per store, and the lifecycle tasks to send once the transaction committed."""
     syncs: dict[uuid.UUID, SyncTrigger] = {}
     tasks: dict[tuple[str, uuid.UUID], None] = {}
     for verdict in verdicts:
@@ -166,18 +208,7 @@ def _act(
     sends: list[Callable[[], object]] = [
         functools.partial(celery_app.send_task, name, args=[str(row_id)]) for name, row_id in tasks
     ]
-    failed: dict[uuid.UUID, Ignored] = {}
-    for store_id, trigger in syncs.items():
-        try:
-            plan = plan_sync(session, store_id, trigger)
-        except ValidationFailure as exc:  # one store's fate must not refuse the others
-            # Raised before any write (the store vanished or was paused since the lookup), so
-            # the transaction goes on for the other stores.
-            failed[store_id] = as_ignored(exc)
-        else:
-            if plan is not None:
-                planned.append(plan)
-    return [_with_failure(v, failed) for v in verdicts], sends
+    return syncs, sends
 
 
 def _with_failure(verdict: Verdict, failed: dict[uuid.UUID, Ignored]) -> Verdict:
@@ -187,17 +218,13 @@ def _with_failure(verdict: Verdict, failed: dict[uuid.UUID, Ignored]) -> Verdict
     return verdict
 
 
-def _log(session: Session, intake: Intake, verdicts: list[Verdict]) -> list[uuid.UUID]:
-    """One delivery-log row per verified (subscription, kind) in the body; touch those.
-
-    Returns the rows' ids.
-    """
+def _log_rows(verdicts: list[Verdict]) -> tuple[set[uuid.UUID], list[DeliveryRow]]:
+    """The subscriptions to touch, and one delivery row per verified (subscription, kind)."""
     groups: dict[tuple[str | None, str], list[Verdict]] = defaultdict(list)
     for verdict in verdicts:
         if verdict.subscription is not None:  # unverified items are counted, never logged
             groups[(verdict.subscription_id, verdict.webhook_type)].append(verdict)
     touched = {v.subscription.id for group in groups.values() for v in group if v.subscription}
-    touch_subscriptions(session, touched)
     rows = []
     for (sub_id, webhook_type), group in groups.items():
         ignored = [v.ignored for v in group if v.ignored is not None]
@@ -205,19 +232,9 @@ def _log(session: Session, intake: Intake, verdicts: list[Verdict]) -> list[uuid
         if ignored:
             message = "; ".join(sorted({i.message for i in ignored}))
             message += f" [{len(ignored)} of {len(group)} items]"
-        rows.append(
-            record(
-                intake,
-                _logged_store(group),
-                sub_id,
-                webhook_type,
-                ACK_STATUS,
-                message,
-                success=not ignored,
-                session=session,
-            )
-        )
-    return rows
+        store = _logged_store(group)
+        rows.append(DeliveryRow(store, sub_id, webhook_type, ACK_STATUS, message, not ignored))
+    return touched, rows
 
 
 def _logged_store(group: list[Verdict]) -> uuid.UUID | None:

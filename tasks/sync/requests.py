@@ -85,6 +85,26 @@ def plan_sync(
 
     Raises like ``request_sync``, with the pending marker already withdrawn.
     """
+    planned = reserve_sync(session, store_id)
+    if planned is None:
+        return None
+    try:
+        create_job(
+            planned.store_id, trigger, planned.job_id, celery_task_id=planned.task_id,
+            session=session,
+        )  # fmt: skip
+    except BaseException:
+        planned.cancel()  # otherwise later requests would fold into nothing
+        raise
+    return planned
+
+
+def reserve_sync(session: Session | None, store_id: uuid.UUID | str) -> PlannedSync | None:
+    """``plan_sync`` without the row: the pending marker set (None when folded) and the job and
+    task ids chosen. The caller writes the job row (``create_job`` or an equivalent statement)
+    in a transaction that must commit before ``publish()``, and calls ``cancel()`` should it
+    not commit. ``session`` is only read (whether a marker's job has ended); None: a new one.
+    """
     store_uuid = uuid.UUID(str(store_id))
     store_key, job_id = str(store_uuid), uuid.uuid4()
     flight = sync_flight()
@@ -95,13 +115,7 @@ def plan_sync(
         if not flight.take_over(store_key, holder, str(job_id)):
             return None  # another request replaced the stale marker first: folded into its job
     # The message's task id is chosen now and written with the row: no update after publishing.
-    planned = PlannedSync(store_uuid, job_id, str(uuid.uuid4()))
-    try:
-        create_job(store_uuid, trigger, job_id, celery_task_id=planned.task_id, session=session)
-    except BaseException:
-        planned.cancel()  # otherwise later requests would fold into nothing
-        raise
-    return planned
+    return PlannedSync(store_uuid, job_id, str(uuid.uuid4()))
 
 
 def enqueue_job(
