@@ -8,7 +8,7 @@ import uuid
 
 import redis
 
-from safeguards.single_flight import SingleFlight, new_owner
+from safeguards.single_flight import Claim, SingleFlight, new_owner
 
 
 def _flight(redis_client: redis.Redis, **kw: float) -> tuple[SingleFlight, str]:
@@ -181,3 +181,51 @@ def test_a_turned_away_runner_points_the_marker_at_the_lease_holder(
     assert not flight.acquire(scope, late)
     assert flight.holder(scope) == running
     assert flight.release(scope, running) is True
+
+
+def test_a_stale_execution_of_the_running_run_changes_nothing(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    run = new_owner()
+    current, stale = f"{run}/current", f"{run}/stale"
+    assert flight.request(scope, run)
+    assert flight.claim(scope, current) is Claim.HELD and flight.begin(scope, current)
+    assert flight.request(scope) is False  # folded into the running run
+    # The stale execution finds its sibling holding the lease: nothing changes, and it cannot
+    # begin (clear the dirty flag) or renew without the lease.
+    assert flight.claim(scope, stale) is Claim.SIBLING
+    assert not flight.begin(scope, stale) and not flight.renew(scope, stale)
+    flight.drop(scope, stale)  # not its lease: a no-op
+    assert flight.renew(scope, current)
+    assert flight.release(scope, run, "follow-up") is True  # the folded request's follow-up
+
+
+def test_the_execution_the_ledger_names_takes_the_lease_from_a_sibling(
+    redis_client: redis.Redis,
+) -> None:
+    flight, scope = _flight(redis_client)
+    run, other = new_owner(), new_owner()
+    assert flight.claim(scope, f"{run}/old") is Claim.HELD
+    assert flight.take(scope, f"{run}/new")  # a sibling's lease
+    assert not flight.renew(scope, f"{run}/old")
+    assert flight.claim(scope, f"{other}/x") is Claim.BUSY  # another run is turned away
+    assert not flight.take(scope, f"{other}/x")  # and cannot take it
+
+
+def test_a_continuation_gets_the_lease_handed_over(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    run = new_owner()
+    assert flight.claim(scope, f"{run}/1") is Claim.HELD
+    flight.requeue(scope, f"{run}/1", 0.0, f"{run}/2")
+    assert flight.claim(scope, f"{run}/2") is Claim.HELD
+    assert flight.holder(scope) == run  # the marker names the run, not the execution
+
+
+def test_a_repeated_release_names_the_same_follow_up_once(redis_client: redis.Redis) -> None:
+    flight, scope = _flight(redis_client)
+    run = new_owner()
+    assert flight.request(scope, run) and flight.acquire(scope, run)
+    assert flight.request(scope) is False
+    assert flight.release(scope, run, "follow-up") is True
+    assert flight.release(scope, run, "follow-up") is True  # the caller failed and retries
+    assert flight.release(scope, run, "another") is False  # never a second follow-up
+    assert flight.holder(scope) == "follow-up"
