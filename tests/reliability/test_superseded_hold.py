@@ -1,15 +1,20 @@
 """A message the recovery sweep superseded must not swallow later requests (issue 11, point 3).
 
 The race behind the chaos test's "one copy a message short": a message passes ``start_job``,
-stalls past the lease before it takes the store's lease, the sweep re-publishes its job, and
-the new message runs the job to its end. The stalled message then takes the lease under the
-job's id (its page commits are fenced; its Redis hold is not) and ends quietly, never
-releasing. A later request takes over the marker (the ledger says the job ended), and its run
-found the lease held: it was marked succeeded as "coalesced" into a run that would never
-release, so nothing read the new mail until another request came.
+stalls past the lease before it takes the store's lease, the sweep re-publishes its job, and a
+new message runs the job. The stalled message then woke up and took the lease under the job's
+id, as the new message held it:
+
+- while the new message still ran, as a fresh run it cleared the dirty flag of a request folded
+  into that run, so no follow-up came and the new mail was never read (the second test; it fails
+  on the code before tasks/sync/lease.py with the late message missing). The lease now names the
+  message, and a message the ledger no longer names gives it back without clearing anything;
+- after the job had ended, it held the lease and never released it; a later request's run
+  found it held and was marked succeeded as "coalesced" into a run that would never release
+  (the first test: a hold left by a message whose process died before giving it back).
 
 Real worker, PostgreSQL, Redis and the emulator over HTTP; the stalled message's steps are the
-pipeline's own calls (``start_job``, the sweep's ``recover``, the lease ``acquire``).
+pipeline's own calls (``start_job``, the sweep's ``recover``, the lease).
 """
 
 from __future__ import annotations
@@ -73,8 +78,7 @@ def test_a_request_after_a_superseded_hold_still_reads_the_new_mail(
     (candidate,) = [c for c in overdue_jobs([store]) if c.id == job_a]
     assert recover(candidate) == "recovered"
     assert wait_for_job(engine, job_a).status is SyncJobStatus.SUCCEEDED  # run by the new message
-    # The stalled message wakes up and takes the lease, as sync_store does next; its page
-    # commit is fenced off, so it ends quietly without releasing.
+    # A stray hold under the job's id that is never given back (its process died holding it).
     assert flight.acquire(store, str(job_a))
 
     late = mailbox.add("late order")
