@@ -12,7 +12,7 @@ from safeguards.single_flight import SingleFlight
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
-from tasks.sync.jobs import StoreNotSyncable, create_job, has_ended
+from tasks.sync.jobs import create_job, has_ended
 
 #: The task every request ends in.
 SYNC_TASK = "tasks.sync.sync_store"
@@ -118,36 +118,6 @@ def reserve_sync(session: Session | None, store_id: uuid.UUID | str) -> PlannedS
     return PlannedSync(store_uuid, job_id, str(uuid.uuid4()))
 
 
-def enqueue_job(
-    store_id: uuid.UUID, trigger: SyncTrigger, job_id: uuid.UUID | None = None
-) -> uuid.UUID:
-    """Create the job row, commit, then publish its message (never the other way round).
-
-    The row names the message's task id before the message exists: only that message (or its
-    retries and deferrals, which keep the id) may run the job. Should publishing fail, the job
-    stays queued and the recovery sweep publishes it once its queue bound has passed.
-    """
-    task_id = str(uuid.uuid4())
-    job_id = create_job(store_id, trigger, job_id, celery_task_id=task_id)
-    # By name: this module must not import tasks.sync.pipeline, which imports the webhook tasks.
-    publish(store_id, job_id, task_id)
-    return job_id
-
-
 def publish(store_id: uuid.UUID, job_id: uuid.UUID, task_id: str) -> None:
     """Send the message that runs job ``job_id`` as Celery task ``task_id``."""
     app.send_task(SYNC_TASK, args=[str(store_id)], kwargs={"job_id": str(job_id)}, task_id=task_id)
-
-
-def release_flight(store_id: uuid.UUID, job_id: uuid.UUID) -> None:
-    """End this run's hold on the store; requests that arrived meanwhile get one follow-up."""
-    follow_up = uuid.uuid4()  # the pending marker names it before its row exists
-    if not sync_flight().release(str(store_id), str(job_id), str(follow_up)):
-        return
-    try:
-        enqueue_job(store_id, SyncTrigger.FOLLOW_UP, follow_up)
-    except StoreNotSyncable:
-        sync_flight().cancel(str(store_id), str(follow_up))  # paused: its activation syncs
-    except BaseException:
-        sync_flight().cancel(str(store_id), str(follow_up))
-        raise
