@@ -9,12 +9,15 @@ revoking the key ends the session whoever still holds the cookie.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import redis
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -29,8 +32,11 @@ from api.v1.archive import entry_json
 from models import AlertStatus, SystemHealthMetric
 from safeguards import dead_letter
 from safeguards.dead_letter.archive import ArchiveFilter
+from safeguards.errors import SafeguardUnavailable
 from safeguards.health_metrics.trends import metric_trend
+from safeguards.rate_limit.app_quota import get_app_quota_pool
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
 #: Served at ``/dashboard/static``: the page's script and stylesheet (no CDN).
@@ -191,6 +197,7 @@ def collect(principal: Principal, business: uuid.UUID | None, limit: int) -> dic
         subscriptions = v1_queries.subscriptions(session, business)
     addresses = {s["store_id"]: s["mailbox_address"] for s in stores}
     return {
+        "apps": app_quotas() if principal.is_operator else [],
         "principal": principal,
         "business_id": business,
         "now": now,
@@ -205,6 +212,18 @@ def collect(principal: Principal, business: uuid.UUID | None, limit: int) -> dic
         "open_circuits": sum(c["state"] != "closed" for c in circuits),
         "backlog": sum(s["archive_backlog"] for s in stores),
     }
+
+
+def app_quotas() -> list[dict[str, Any]] | None:
+    """Each provider app's live quota usage (Redis only); None when Redis cannot be read.
+
+    Operators only: an app's quota is spent by every business whose mailboxes use it.
+    """
+    try:
+        return [asdict(usage) for usage in get_app_quota_pool().usages()]
+    except (redis.RedisError, SafeguardUnavailable):
+        log.warning("dashboard: provider-app quotas unreadable", exc_info=True)
+        return None
 
 
 def _when(moment: datetime | None) -> str:

@@ -7,11 +7,12 @@ from functools import cache
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import text
 
 from safeguards.health_metrics.prometheus import RedisCounterCollector
 from safeguards.health_metrics.queue_depth import queue_depths
+from safeguards.rate_limit.app_quota import get_app_quota_pool
 from syncguard.db import service_session
 from tasks import app as celery_app
 from tasks.queues import QUEUE_NAMES
@@ -52,11 +53,49 @@ def database_gauges() -> Iterable[Metric]:
     ]
 
 
+def app_quota_gauges() -> Iterable[Metric]:
+    """Each provider app's quota, live use and lifetime lease counters (labels provider, app)."""
+    labels = ["provider", "app"]
+    limit = GaugeMetricFamily(
+        "syncguard_app_quota_limit_units",
+        "Units a provider app may spend per window.",
+        labels=labels,
+    )
+    used = GaugeMetricFamily(
+        "syncguard_app_quota_used_units",
+        "Units of the app's quota leased in its current window, less those given back.",
+        labels=labels,
+    )
+    window = GaugeMetricFamily(
+        "syncguard_app_quota_window_seconds", "Length of the app quota's window.", labels=labels
+    )
+    granted = CounterMetricFamily(
+        "syncguard_app_quota_granted_units", "Units leased to workers.", labels=labels
+    )
+    returned = CounterMetricFamily(
+        "syncguard_app_quota_returned_units", "Leased units given back unspent.", labels=labels
+    )
+    refused = CounterMetricFamily(
+        "syncguard_app_quota_refusals", "Lease requests the app's quota refused.", labels=labels
+    )
+    for usage in get_app_quota_pool().usages():
+        values = [usage.provider, usage.app]
+        limit.add_metric(values, float(usage.limit))
+        used.add_metric(values, float(usage.used))
+        window.add_metric(values, usage.window_s)
+        granted.add_metric(values, float(usage.granted_total))
+        returned.add_metric(values, float(usage.returned_total))
+        refused.add_metric(values, float(usage.refused_total))
+    return [limit, used, window, granted, returned, refused]
+
+
 @cache
 def registry() -> CollectorRegistry:
     """The registry a scrape renders: nothing of this process's memory, only shared state."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = RedisCounterCollector({"broker": broker_gauges, "postgres": database_gauges})
+    collector = RedisCounterCollector(
+        {"broker": broker_gauges, "postgres": database_gauges, "app_quota": app_quota_gauges}
+    )
     registry.register(collector)
     return registry
 

@@ -169,6 +169,11 @@ def _existing_store(_ctx: click.Context, _param: click.Parameter, store_id: uuid
     hide_input=True,
     help="Prefer the env var or the prompt: arguments end up in shell history.",
 )
+@click.option(
+    "--tenant-id",
+    default=None,
+    help="Outlook: the mailbox's Microsoft Entra tenant id; its Graph app quota is per tenant.",
+)
 @click.option("--subscribe", is_flag=True, help="Then open the Gmail watch / Graph subscription.")
 @click.option("--sync", "first_sync", is_flag=True, help="Then request a first sync.")
 def connect(
@@ -176,6 +181,7 @@ def connect(
     client_id: str,
     client_secret: str,
     refresh_token: str,
+    tenant_id: str | None,
     subscribe: bool,
     first_sync: bool,
 ) -> None:
@@ -183,7 +189,10 @@ def connect(
     from providers.oauth import OAuthCredentials
     from tasks.provider_clients import save_credentials  # lazy: the Celery side
 
-    credentials = OAuthCredentials(client_id.strip(), client_secret.strip(), refresh_token.strip())
+    tenant = tenant_id.strip() if tenant_id else None
+    credentials = OAuthCredentials(
+        client_id.strip(), client_secret.strip(), refresh_token.strip(), tenant_id=tenant
+    )
     with fail_on_database_errors():
         save_credentials(store_id, credentials)
     with database_session() as session:
