@@ -168,17 +168,25 @@ def apply_policy(
     started, done, counted = time.monotonic(), list[tuple[int, float]](), 0
     outcome = CleanupOutcome.DRY_RUN if dry_run else CleanupOutcome.SUCCESS
     error, complete, analyzed, expired = None, True, False, list[str]()
-    # A partitioned table's rules delete row by row in its DEFAULT partition only.
-    rows_in = partitions.default_partition(policy.table) if policy.partitioned else policy.table
     try:
         if policy.partitioned:
-            counted = _expire_partitions(engine, policy, cutoffs, settings, dry_run, expired)
-        if dry_run:
-            counted += _count(engine, rows_in, policy, cutoffs, settings)
-        else:
-            complete = _delete(engine, rows_in, policy, cutoffs, settings, done)
-            if sum(rows for rows, _ in done) >= settings.cleanup_analyze_after_rows:
-                analyzed = _analyze(engine, rows_in, settings)
+            counted = partitions.expire_days(
+                engine, policy.table, [(rule.leaf, before) for rule, before in
+                                       zip(policy.rules, cutoffs, strict=True)],
+                dry_run, expired, lambda conn: _set_timeouts(conn, settings),
+            )  # fmt: skip
+        # Rows are deleted in plain tables only (ctid is unique within one table): a partitioned
+        # policy's rules in the DEFAULT partition, another policy's in every leaf it names.
+        targets = _row_tables(engine, policy)
+        for target in targets:
+            if dry_run:
+                counted += _count(engine, target, policy, cutoffs, settings)
+            elif not _delete(engine, target, policy, cutoffs, settings, done):
+                complete = False
+                break
+        deleted = sum(rows for rows, _ in done)
+        if deleted >= settings.cleanup_analyze_after_rows and len(targets) == 1:
+            analyzed = _analyze(engine, targets[0], settings)
     except SQLAlchemyError as exc:
         # One table failing must not stop the others: record it, loudly, and move on.
         log.exception("cleanup of %s failed after %d batches", policy.table, len(done))
@@ -262,39 +270,11 @@ def _set_timeouts(conn: Connection, settings: Settings) -> None:
     conn.execute(_SET_TIMEOUTS, {"lock": str(lock_ms), "stmt": str(statement_ms)})
 
 
-def _expire_partitions(
-    engine: Engine,
-    policy: RetentionPolicy,
-    cutoffs: list[datetime],
-    settings: Settings,
-    dry_run: bool,
-    expired: list[str],
-) -> int:
-    """Drop the days wholly past every rule, truncate leaves past their own; rows they held.
-
-    Each drop or truncate is its own short transaction under the cleanup's lock timeout (DETACH
-    takes an ACCESS EXCLUSIVE lock on the parent for a moment); appends each name to ``expired``.
-    """
+def _row_tables(engine: Engine, policy: RetentionPolicy) -> list[str]:
+    if policy.partitioned:
+        return [partitions.default_partition(policy.table)]
     with engine.connect() as conn:
-        days = partitions.day_partitions(conn, policy.table)
-    removed, oldest_cutoff = 0, min(cutoffs)
-    for day in days:
-        if day.upper <= oldest_cutoff:
-            targets = [(day.name, partitions.drop_partition)]
-        else:
-            targets = [
-                (f"{day.name}_{rule.leaf}", partitions.truncate_leaf)
-                for rule, before in zip(policy.rules, cutoffs, strict=True)
-                if rule.leaf and day.upper <= before and f"{day.name}_{rule.leaf}" in day.leaves
-            ]
-        for name, expire in targets:
-            with engine.begin() as conn:
-                _set_timeouts(conn, settings)
-                held = partitions.count_rows(conn, name) if dry_run else expire(conn, name)
-            removed += held
-            if held or day.upper <= oldest_cutoff:
-                expired.append(name)
-    return removed
+        return partitions.leaves(conn, policy.table)
 
 
 def _count(

@@ -10,10 +10,11 @@ The DDL runs inside migration 0008's SECURITY DEFINER functions (the service rol
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 #: How many days after today get their partition on every maintenance run.
 DAYS_AHEAD = 7
@@ -31,6 +32,11 @@ _TRUNCATE = text("SELECT syncguard_truncate_history_partition(CAST(:part AS regc
 _CHILDREN = text(
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
     " WHERE i.inhparent = CAST(:parent AS regclass)"
+)
+
+_LEAVES = text(
+    "SELECT relid::text FROM pg_partition_tree(CAST(:table AS regclass)) WHERE isleaf"
+    " ORDER BY relid::text"
 )
 
 
@@ -98,6 +104,53 @@ def truncate_leaf(conn: Connection, name: str) -> int:
     return int(conn.execute(_TRUNCATE, {"part": name}).scalar_one())
 
 
+def leaves(conn: Connection, table: str) -> list[str]:
+    """The plain tables that hold ``table``'s rows: its leaf partitions, or itself."""
+    found = list(conn.execute(_LEAVES, {"table": table}).scalars())
+    return found or [table]  # pg_partition_tree lists nothing for a plain table
+
+
 def count_rows(conn: Connection, name: str) -> int:
     """Rows in one partition or leaf (``name`` comes from ``day_partitions``, not a caller)."""
     return int(conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one())
+
+
+def expire_days(
+    engine: Engine,
+    table: str,
+    rules: Sequence[tuple[str | None, datetime]],
+    dry_run: bool,
+    expired: list[str],
+    prepare: Callable[[Connection], None],
+) -> int:
+    """Drop ``table``'s days wholly past every rule's cutoff, empty leaves past their own.
+
+    ``rules`` are (leaf suffix or None, cutoff). A day goes once its last instant is at or
+    before the oldest cutoff; a leaf (``<day>_ok``) once the day is past its rule's cutoff. Each
+    drop or truncate is its own transaction, begun by ``prepare`` (which sets the lock timeout:
+    DETACH takes an ACCESS EXCLUSIVE lock on the parent for a moment). In a dry run only counts.
+    Appends each partition dropped, and each leaf that held rows, to ``expired``; returns the
+    rows they held. Raises ``sqlalchemy.exc.OperationalError`` on a lock timeout.
+    """
+    with engine.connect() as conn:
+        days = day_partitions(conn, table)
+    removed, oldest = 0, min(cutoff for _, cutoff in rules)
+    for day in days:
+        whole = day.upper <= oldest
+        targets = (
+            [(day.name, drop_partition)]
+            if whole
+            else [
+                (f"{day.name}_{leaf}", truncate_leaf)
+                for leaf, cutoff in rules
+                if leaf and day.upper <= cutoff and f"{day.name}_{leaf}" in day.leaves
+            ]
+        )
+        for name, expire in targets:
+            with engine.begin() as conn:
+                prepare(conn)
+                held = count_rows(conn, name) if dry_run else expire(conn, name)
+            removed += held
+            if held or whole:
+                expired.append(name)
+    return removed

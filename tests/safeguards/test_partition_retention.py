@@ -13,6 +13,8 @@ from sqlalchemy import Connection, Engine, text
 from beat_schedule import BEAT_SCHEDULE
 from models import CleanupOutcome
 from safeguards.cleanup import (
+    RetentionPolicy,
+    Rule,
     apply_policy,
     cleanup_old_health_metrics,
     cleanup_webhook_delivery_logs,
@@ -221,3 +223,34 @@ def test_the_task_makes_the_days_ahead_and_beat_runs_it_hourly_on_maintenance() 
     entry = BEAT_SCHEDULE["maintenance.ensure_history_partitions"]
     assert entry["task"] == task.name and entry["options"]["queue"] == "maintenance"
     assert entry["schedule"] == 3600.0
+
+
+def test_a_row_policy_over_a_partitioned_table_deletes_exactly_its_rows(
+    engine: Engine, now: datetime
+) -> None:
+    """A policy not marked partitioned deletes row by row in every leaf, and drops nothing."""
+    days = [now.date() - timedelta(days=back) for back in (60, 61)]
+    with engine.begin() as conn:
+        ids: dict[str, list[Any]] = {"ctid-go": [], "ctid-stay": []}
+        for day in days:
+            ensure_partitions(conn, day, days_ahead=0)
+            noon = datetime.combine(day, now.timetz()).replace(hour=12)
+            for kind in ("ctid-go", "ctid-stay") if day == days[0] else ("ctid-stay", "ctid-go"):
+                ids[kind] += _insert(
+                    conn,
+                    "INSERT INTO webhook_delivery_log (webhook_type, success, created_at)"
+                    f" SELECT '{kind}', true, :at",
+                    noon,
+                    5,
+                )
+    policy = RetentionPolicy(
+        "webhook_delivery_log",
+        (Rule("webhook_type = 'ctid-go' AND created_at < :cutoff", lambda s: 1),),
+    )
+
+    result = apply_policy(policy, engine=engine, now=now)
+
+    with engine.connect() as conn:
+        assert _where(conn, "webhook_delivery_log", ids["ctid-go"]) == {}
+        assert set(_where(conn, "webhook_delivery_log", ids["ctid-stay"])) == set(ids["ctid-stay"])
+    assert (result.rows_deleted, result.partitions) == (10, ())
