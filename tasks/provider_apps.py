@@ -25,7 +25,7 @@ from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.app_limits import AppId
 from safeguards.rate_limit.app_quota import get_app_quota_pool
 from safeguards.rate_limit.limiter import get_rate_limiter
-from syncguard.crypto import decrypt_json
+from syncguard.crypto import DecryptionError, decrypt_json
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 
@@ -61,9 +61,14 @@ def store_app(store_id: uuid.UUID) -> AppId | None:
         ).first()
     app = None
     if row is not None and row.credentials_encrypted is not None:
-        creds = OAuthCredentials.from_dict(decrypt_json(row.credentials_encrypted))
-        tenant = creds.tenant_id if row.provider is Provider.OUTLOOK else None
-        app = AppId(row.provider, creds.client_id, tenant)
+        try:
+            creds = OAuthCredentials.from_dict(decrypt_json(row.credentials_encrypted))
+        except (DecryptionError, KeyError, ValueError) as exc:
+            # The call cannot authenticate either: it fails there, with its own category.
+            log.warning("store %s: credentials unreadable, no app quota: %s", store_id, exc)
+        else:
+            tenant = creds.tenant_id if row.provider is Provider.OUTLOOK else None
+            app = AppId(row.provider, creds.client_id, tenant)
     if len(_apps) >= APP_CACHE_SIZE:
         _apps.clear()
     _apps[store_id] = (time.monotonic() + APP_CACHE_TTL_S, app)
