@@ -18,13 +18,13 @@ import redis
 from redis.cluster import RedisCluster
 from sqlalchemy import Engine, func, select
 
-from models import Provider, ProviderRateLimit
+from models import CircuitBreakerState, Provider, ProviderRateLimit
 from models.enums import CircuitState
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from safeguards.admission import admit, settle
 from safeguards.alerts.rules import AlertThresholds
 from safeguards.alerts.store import denial_alerts
-from safeguards.circuit_breaker.breaker import CircuitBreaker
+from safeguards.circuit_breaker.breaker import CircuitBreaker, flush_stats_to_postgres
 from safeguards.health_metrics import prometheus
 from safeguards.rate_limit import limiter as limiter_module
 from safeguards.rate_limit.limiter import RateLimiter, flush_usage_to_postgres
@@ -143,13 +143,27 @@ def test_every_safeguard_decides_on_a_cluster(engine: Engine, cluster: OwnCluste
 
 def test_beat_mirrors_read_the_cluster(engine: Engine, cluster: OwnCluster) -> None:
     stores = _stores(engine, 8)
-    with safeguards_on(cluster):
+    with safeguards_on(cluster) as client:
         for sid in stores:
             admitted = admit(sid, "gmail_api", Provider.GMAIL, "messages.list")
             assert admitted.rate is not None and admitted.rate.allowed
         # One pipeline per node; stores of the test before may be in the touched set too.
         assert flush_usage_to_postgres() >= len(stores)
+        quiet = CircuitBreaker(client, write_through=False)  # only the mirror writes rows
+        for sid in stores[:3]:
+            for _ in range(10):
+                quiet.record(sid, "gmail_api", False, failure_reason="503")
+        flush_stats_to_postgres()  # circuits on every node
     with service_session(engine) as session:
+        opened = session.scalar(
+            select(func.count())
+            .select_from(CircuitBreakerState)
+            .where(
+                CircuitBreakerState.store_id.in_(stores[:3]),
+                CircuitBreakerState.state == CircuitState.OPEN,
+            )
+        )
+        assert opened == 3
         rows = session.scalar(
             select(func.count())
             .select_from(ProviderRateLimit)
