@@ -109,7 +109,7 @@ def spend_app_quota(scope: Scope, operation: str, cost: int | None) -> Callable[
             f"{scope.provider} {operation}: app {app.name} quota: {decision.reason}",
             decision.retry_after_s,
         )
-    return lambda: pool.give_back(app, decision.units)
+    return lambda: pool.give_back(app, decision)
 
 
 @contextmanager

@@ -126,6 +126,8 @@ class AppDecision:
     units: int
     #: False when the units came from the worker's leased block (no Redis round trip).
     round_trip: bool
+    #: The grant bucket the units came from (-1: none); they may only go back to it.
+    bucket: int = -1
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import redis
 
 from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.rate_limit.app_limits import AppDecision, AppId, AppQuota, AppUsage, quota_for
-from safeguards.redis_state import LuaScript, get_redis, key, run_script
+from safeguards.redis_state import LuaScript, get_redis, key, run_script, run_script_batch
 from syncguard.settings import get_settings
 
 __all__ = ["LEASE", "AppQuotaPool", "get_app_quota_pool", "settings_quota"]
@@ -95,18 +95,22 @@ class AppQuotaPool:
             block = self._blocks.get(app)
             if block is not None and now <= block.until_s and block.units >= units:
                 block.units -= units
-                return AppDecision(True, 0.0, None, units, round_trip=False)
+                return AppDecision(True, 0.0, None, units, round_trip=False, bucket=block.idx)
             until, refused_units = self._refused.get(app, (0.0, 0))
             if now < until and units >= refused_units:  # a smaller call may still fit
                 return AppDecision(False, until - now, "app_quota", units, round_trip=False)
             return self._lease(app, quota, units, now, block)
 
-    def give_back(self, app: AppId, units: int) -> None:
-        """Return ``units`` taken for a call that never happened to this process's block."""
+    def give_back(self, app: AppId, decision: AppDecision) -> None:
+        """Return the units of an allowed ``decision`` whose call never happened.
+
+        Only into a block of the same grant bucket: a unit must be spent within V of its
+        bucket (the guarantee's proof); otherwise it stays counted until it ages out.
+        """
         with self._lock:
             block = self._blocks.get(app)
-            if block is not None and units > 0:
-                block.units += units
+            if block is not None and decision.units > 0 and block.idx == decision.bucket:
+                block.units += decision.units
 
     def return_all(self) -> int:
         """Give every unspent leased unit back to Redis (process exit); returns units given."""
@@ -133,20 +137,19 @@ class AppQuotaPool:
         """Every app any worker leased from in the last day, in name order (2 round trips)."""
         members = self.client.smembers(self._registry())
         apps = sorted(AppId.parse(_text(m) or "") for m in members)
-        pipe = self.client.pipeline(transaction=False)
-        for app in apps:
-            keys, args = self._call(app, self.quota_of(app), "peek", 0, 0, None)
-            LEASE.on(self.client)(keys=keys, args=args, client=pipe)
-        replies = pipe.execute() if apps else []
+        calls = [self._call(app, self.quota_of(app), "peek", 0, 0, None) for app in apps]
+        # One pipeline per Redis Cluster node (a cluster pipeline refuses EVALSHA).
+        replies = run_script_batch(self.client, LEASE, calls)
         return [_usage(app, raw) for app, raw in zip(apps, replies, strict=True)]
 
     def _lease(
         self, app: AppId, quota: AppQuota, units: int, now: float, old: _Block | None
     ) -> AppDecision:
+        # The old block goes back with this lease: forgotten first, so a lease that fails
+        # midway (units returned, reply lost) can only strand units, never spend them twice.
+        self._blocks.pop(app, None)
         raw = self._run(app, quota, "grant", max(units, quota.block), units, old)
         granted, idx, wait_ms, reason = int(raw[0]), int(raw[1]), int(raw[3]), _text(raw[4])
-        if old is not None:
-            del self._blocks[app]  # its units went back with this lease
         self._register(app)
         if granted == 0:
             self._refused[app] = (now + wait_ms / 1000, units)
@@ -154,7 +157,7 @@ class AppQuotaPool:
         # Spendable until V after the caller's clock at the request: never past the script's
         # effective grant time + V, which is what the guarantee needs.
         self._blocks[app] = _Block(idx, granted - units, now + quota.validity_ms / 1000)
-        return AppDecision(True, 0.0, None, units, round_trip=True)
+        return AppDecision(True, 0.0, None, units, round_trip=True, bucket=idx)
 
     def _run(
         self, app: AppId, quota: AppQuota, mode: str, want: int, need: int, back: _Block | None

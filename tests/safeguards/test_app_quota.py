@@ -133,10 +133,23 @@ def test_the_window_rolls_over(redis_client: redis.Redis) -> None:
 
 def test_a_refused_call_gives_its_units_back_in_process(redis_client: redis.Redis) -> None:
     pool, app = _pool(redis_client, ManualClock(START), SMALL), _app()
-    pool.take(app, 3)
-    pool.give_back(app, 3)  # the store's limiter refused the call: it never happened
+    taken = pool.take(app, 3)
+    pool.give_back(app, taken)  # the store's limiter refused the call: it never happened
     assert pool.held(app) == 8
     assert pool.usage(app).used == 8
+
+
+def test_units_go_back_only_to_a_block_of_their_grant_bucket(redis_client: redis.Redis) -> None:
+    # Given units taken from one block, and a new block leased in a later bucket meanwhile
+    clock, app = ManualClock(START), _app()
+    pool = _pool(redis_client, clock, SMALL)
+    taken = pool.take(app, 3)
+    clock.advance(SMALL.bucket_ms / 1000)
+    pool.take(app, 6)  # 5 left: a new lease, in the next bucket
+    held = pool.held(app)
+    # Then they do not join it (they must be spent within V of their own bucket)
+    pool.give_back(app, taken)
+    assert pool.held(app) == held
 
 
 def test_a_call_dearer_than_the_quota_is_refused_for_good(redis_client: redis.Redis) -> None:
