@@ -2,10 +2,12 @@
 
 - ``guard()`` latency: one ``guarded_call`` around a no-op (admission, the call, settlement)
   against one Redis ``PING`` on the same client: the floor of any Redis-backed safeguard.
-- Circuit check + record pairs/s: ``CircuitBreaker.allow`` (brief) then ``record`` against
-  pybreaker's ``CircuitBreaker.call`` with ``CircuitRedisStorage`` on the same Redis; both
-  closed, every call succeeding. Ours is one script per step, exact under races; pybreaker
-  reads and writes its state in separate commands.
+- Circuit check + record pairs/s: ``CircuitBreaker.allow`` (brief) then the success recorded
+  as the guard records it (``defer_success``: counted in the next ``allow``'s script run, so
+  one round trip per pair; a trial's outcome would be recorded at once) against pybreaker's
+  ``CircuitBreaker.call`` with ``CircuitRedisStorage`` on the same Redis (a GET of the state,
+  a SET of its failure counter); both closed, every call succeeding, every outcome counted.
+  Ours is exact under races (the half-open race in the notes); pybreaker's state is not.
 Stores live only in Redis (no PostgreSQL lookups); limits are high enough to admit every call.
 """
 
@@ -88,7 +90,10 @@ def _breaker_setup(quick: bool) -> Pair:
 
     def our_pair() -> None:
         decision = ours.allow(store, name, brief=True)
-        ours.record(store, name, True, trial_token=decision.trial_token)
+        if decision.trial_token is None:
+            ours.defer_success(store, name)
+        else:
+            ours.record(store, name, True, trial_token=decision.trial_token)
 
     def their_pair() -> None:
         theirs.call(lambda: None)

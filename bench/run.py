@@ -22,6 +22,7 @@ from bench.harness import Benchmark, Result, run
 MODULES = [
     "bench.rate_limit",
     "bench.guard",
+    "bench.global_limit",
     "bench.tasks",
     "bench.receiver",
     "bench.ingest",

@@ -1,4 +1,9 @@
-"""The guard around one provider call: circuit, then limiter, then the call, then both recorded."""
+"""The guard around one provider call: circuit, then limiter, then the call, then both recorded.
+
+One Redis round trip per guarded call in the common case: the admission (circuit, limiter,
+lease) is one script run, and a success without a half-open trial is deferred to ride along
+with the scope's next admission (``safeguards.deferred``); any other outcome is settled at once.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models import CircuitState, MetricType, Provider
-from safeguards.admission import admit, settle
+from safeguards.admission import admit, admit_call, defer_success, recently_admitted, settle
 from safeguards.errors import (
     CallFailure,
     CircuitOpen,
@@ -23,7 +28,7 @@ from safeguards.errors import (
     TransientFailure,
     ValidationFailure,
 )
-from safeguards.health_metrics.prometheus import count_decision
+from safeguards.health_metrics.prometheus import count_decision, count_decisions
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.limiter import get_rate_limiter
 from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
@@ -70,7 +75,11 @@ def preflight(scope: CallScope) -> None:
     """Fail fast at job start: refuse when the circuit is open or the limiter has no room.
 
     Reads only (one round trip): no half-open trial is reserved and no quota is consumed.
+    Advisory, since every guarded call is decided on its own: skipped without a round trip
+    when this process admitted a call of the scope, circuit closed, within the last second.
     """
+    if recently_admitted(scope.store_id, scope.circuit_name, scope.provider):
+        return
     try:
         admission = admit(
             scope.store_id,
@@ -105,17 +114,20 @@ def guarded_call(
 ) -> Iterator[None]:
     """Admit one call through circuit and limiter, then record its outcome in both.
 
-    One Redis round trip before the call (``safeguards.admission.admit``) and one after
-    (``settle``); a provider throttle adds one. Raises CircuitOpen / RateLimited when refused;
-    re-raises the call's own error after recording it, converted to its CallFailure when
-    ``classify`` recognises it.
+    One Redis round trip before the call (``safeguards.admission.admit_call``, which also
+    carries the scope's deferred successes); after it, a success without a half-open trial is
+    deferred (``defer_success``), any other outcome settled in one round trip; a provider
+    throttle adds one. Raises CircuitOpen / RateLimited when refused; re-raises the call's own
+    error after recording it, converted to its CallFailure when ``classify`` recognises it.
     """
     try:
-        trial_token, lease_id = _admit(scope, operation, cost)
+        admitted = _admit(scope, operation, cost)
     except Refused as refused:
         guard_decision(scope, operation, refused)  # an event on the task's trace span
         raise
     guard_decision(scope, operation)
+    # None: the safeguards were unreachable and the call goes unguarded (fail open).
+    trial_token, lease_id = admitted or (None, None)
     try:
         yield
     except BaseException as exc:
@@ -124,7 +136,20 @@ def guarded_call(
         if failure is not None and failure is not exc:
             raise failure from exc
         raise
-    else:
+    if admitted is None:
+        _safely(
+            settle,
+            scope.store_id,
+            scope.circuit_name,
+            scope.provider,
+            lease_id=None,
+            succeeded=True,
+            counted=True,
+            trial_token=None,
+        )
+    elif trial_token is None:
+        defer_success(scope.store_id, scope.circuit_name, scope.provider, lease_id)
+    else:  # a half-open trial's outcome decides the circuit: it cannot wait
         _safely(
             settle,
             scope.store_id,
@@ -137,29 +162,33 @@ def guarded_call(
         )
 
 
-def _admit(scope: CallScope, operation: str, cost: int | None) -> tuple[str | None, str | None]:
-    """Admit through circuit then limiter; returns (half-open trial token, lease id)."""
+def _admit(
+    scope: CallScope, operation: str, cost: int | None
+) -> tuple[str | None, str | None] | None:
+    """Admit through circuit then limiter; returns (half-open trial token, lease id), or None
+    when the safeguards are unreachable and the fail mode lets the call go unguarded."""
     try:
-        admission = admit(scope.store_id, scope.circuit_name, scope.provider, operation, cost=cost)
+        verdict = admit_call(scope.store_id, scope.circuit_name, scope.provider, operation, cost)
     except SafeguardUnavailable as exc:
         for which in ("circuit_breaker", "rate_limit"):
             count_decision(which, "unavailable")
             _degraded(which, exc)
-        return None, None
-    circuit, rate = admission.circuit, admission.rate
-    count_decision("circuit_breaker", "allowed" if circuit.allowed else "refused")
-    if not circuit.allowed or rate is None:
+        return None
+    if verdict.allowed:
+        count_decisions("allowed", "allowed")
+        return verdict.trial_token, verdict.lease_id
+    if verdict.refused_by == "circuit_breaker":
+        count_decisions("refused", None)
         raise CircuitOpen(
-            f"circuit {scope.circuit_name!r} of store {scope.store_id} is {circuit.stats.state}",
-            circuit.retry_after_s,
+            f"circuit {scope.circuit_name!r} of store {scope.store_id} is {verdict.detail}",
+            verdict.retry_after_s,
         )
-    count_decision("rate_limit", "allowed" if rate.allowed else "refused")
-    if not rate.allowed:  # the script gave the half-open trial back: this call never happened
-        raise RateLimited(
-            f"{scope.provider} {operation} for store {scope.store_id}: {rate.reason}",
-            rate.retry_after_s,
-        )
-    return circuit.trial_token, rate.lease_id
+    count_decisions("allowed", "refused")
+    # The script gave the half-open trial back: this call never happened.
+    raise RateLimited(
+        f"{scope.provider} {operation} for store {scope.store_id}: {verdict.detail}",
+        verdict.retry_after_s,
+    )
 
 
 def _record(

@@ -7,6 +7,7 @@ at once and announced to listeners in the process that caused them.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 import uuid
@@ -31,7 +32,9 @@ from safeguards.circuit_breaker.states import (
     parse_reply,
 )
 from safeguards.clock import SYSTEM_CLOCK, Clock
-from safeguards.redis_state import LuaScript, get_redis, key, run_script
+from safeguards.deferred import DeferredOutcomes, Pending
+from safeguards.hot_script import evalsha
+from safeguards.redis_state import LuaScript, get_redis, key
 from safeguards.storable import storable_text
 from syncguard.settings import get_settings
 
@@ -50,6 +53,9 @@ Listener = Callable[[uuid.UUID | None, str, CircuitState, CircuitState, CircuitS
 #: Per-circuit-name configuration; names not listed use ``DEFAULT_CONFIG``.
 CIRCUIT_CONFIGS: dict[str, CircuitBreakerConfig] = {}
 _LISTENERS: list[Listener] = []
+#: Successes recorded with ``defer_success``, counted with the circuit's next ``allow``.
+_DEFERRED: DeferredOutcomes[CircuitId] = DeferredOutcomes()
+atexit.register(_DEFERRED.flush)
 
 
 def configure_circuit(circuit_name: str, config: CircuitBreakerConfig) -> None:
@@ -74,6 +80,22 @@ def _encoded_args(config: CircuitBreakerConfig) -> tuple[bytes, ...]:
         repr(a).encode() if not isinstance(a, str) else a.encode()
         for a in [*config.script_args(), STATE_TTL_S]
     )
+
+
+def _static(
+    circuit: CircuitId, config: CircuitBreakerConfig
+) -> tuple[list[str], tuple[bytes, ...], tuple[str, str, str]]:
+    """A circuit's KEYS, encoded configuration and identity ARGV, computed once per circuit
+    (keyed by the Redis prefix too, which ``_keys`` reads, so a changed one is never stale)."""
+    return _prefixed_static(get_settings().redis_prefix, circuit, config)
+
+
+@lru_cache(maxsize=4096)
+def _prefixed_static(
+    prefix: str, circuit: CircuitId, config: CircuitBreakerConfig
+) -> tuple[list[str], tuple[bytes, ...], tuple[str, str, str]]:
+    identity = (str(circuit.store_id or ""), str(circuit.business_id or ""), circuit.circuit_name)
+    return _keys(circuit, config), _encoded_args(config), identity
 
 
 def _keys(circuit: CircuitId, config: CircuitBreakerConfig) -> list[str]:
@@ -128,7 +150,16 @@ class CircuitBreaker:
         state changed: the hot path needs only allowed, state, retry-after and the trial.
         """
         circuit = CircuitId(store_id, circuit_name, business_id)
-        return self._run(circuit, "allow", brief=brief).decision
+        pending = _DEFERRED.take(circuit)  # successes from defer_success ride along
+        try:
+            reply = self._run(
+                circuit, "allow", brief=brief, settled=pending.successes if pending else 0
+            )
+        except BaseException:
+            if pending:
+                _DEFERRED.give_back(circuit, pending)
+            raise
+        return reply.decision
 
     def record(
         self,
@@ -143,8 +174,22 @@ class CircuitBreaker:
         """Record an outcome: True success, False transient failure, None ignored (throttled...)."""
         op = "ignored" if success is None else "success" if success else "failure"
         circuit = CircuitId(store_id, circuit_name, business_id)
-        reply = self._run(circuit, op, trial_token=trial_token, failure_reason=failure_reason)
+        # Brief: only the state comes back (the counters too when the state changed).
+        reply = self._run(
+            circuit, op, trial_token=trial_token, failure_reason=failure_reason, brief=True
+        )
         return reply.stats.state
+
+    def defer_success(
+        self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
+    ) -> None:
+        """Record a success of a call that held no half-open trial, without a round trip.
+
+        It is counted with this process's next ``allow`` of the circuit (in the same script run)
+        or by a background send within ``safeguards.deferred.FLUSH_INTERVAL_S``; see that
+        module for what the delay can and cannot change.
+        """
+        _DEFERRED.defer(CircuitId(store_id, circuit_name, business_id), None, self._send_deferred)
 
     def reset(
         self, store_id: uuid.UUID | None, circuit_name: str, *, business_id: uuid.UUID | None = None
@@ -197,11 +242,17 @@ class CircuitBreaker:
         trial_token: str | None = None,
         failure_reason: str | None = None,
         brief: bool = False,
+        settled: int = 0,
     ) -> ScriptReply:
         keys, args = self.script_call(
             circuit, op, trial_token=trial_token, failure_reason=failure_reason, brief=brief
         )
-        return self.finish(circuit, run_script(self.client, SCRIPT, keys, args))
+        if settled:
+            args.append(settled)
+        return self.finish(circuit, evalsha(self.client, SCRIPT, keys, args))
+
+    def _send_deferred(self, circuit: CircuitId, pending: Pending) -> None:
+        self._run(circuit, "settle", brief=True, settled=pending.successes)
 
     def script_call(
         self,
@@ -214,12 +265,19 @@ class CircuitBreaker:
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one run of the script (for a composite script to run it too)."""
         config = self.config_for(circuit.circuit_name)
-        args: list[Any] = [op, repr(self.clock.now()), *_encoded_args(config)]
+        keys, config_args, identity = _static(circuit, config)
         # The failure reason is often a provider's text: made storable, since a lone surrogate
         # cannot be encoded for Redis and a NUL cannot reach ``circuit_breaker_state``.
-        reason = storable_text(failure_reason or "")
-        args += [trial_token or "", reason, *self._identity(circuit)]
-        return _keys(circuit, config), [*args, "1" if brief else "0"]
+        reason = storable_text(failure_reason) if failure_reason else ""
+        return keys, [
+            op,
+            repr(self.clock.now()),
+            *config_args,
+            trial_token or "",
+            reason,
+            *identity,
+            "1" if brief else "0",
+        ]
 
     def finish(self, circuit: CircuitId, raw: list[Any]) -> ScriptReply:
         """Decode one run's reply; a transition is written through and announced."""

@@ -1,13 +1,16 @@
 -- One circuit's every decision, atomic across all workers and hosts (one round trip each).
 -- Every input is bound to a name here, at the top; nothing below reads KEYS or ARGV.
 -- Times are epoch seconds (floats).
-local h = KEYS[1]        -- state hash: state, counters, times, identity, dirty flag
-local win = KEYS[2]      -- sliding window: a list when count-based, a zset when time-based
+--
+-- The state hash is read once (HMGET of the fields the hot path needs) and written once (one
+-- HSET of the fields that changed): a decision in a closed circuit is 1 command, an outcome 2.
+-- A count-based window is a string of '0'/'1' (newest last) in the hash's 'count_window'.
+local h = KEYS[1]        -- state hash: state, counters, times, window, identity, dirty flag
+local win = KEYS[2]      -- time-based sliding window (zset); unused by a count-based window
 local wfail = KEYS[3]    -- failures of a time-based window (zset)
 local trials = KEYS[4]   -- half-open trial reservations (zset, score = expiry)
-local all_keys = {h, win, wfail, trials}
 
-local op = ARGV[1]                          -- allow|success|failure|ignored|reset|snapshot|peek
+local op = ARGV[1]      -- allow|success|failure|ignored|reset|snapshot|peek|settle (settled only)
 local now = tonumber(ARGV[2])               -- the caller's clock
 local rate_threshold = tonumber(ARGV[3])    -- failure-rate threshold, %; 0 = off
 local window_type = ARGV[4]                 -- count | time
@@ -28,18 +31,35 @@ local store_id = ARGV[18]                   -- '' for a business-wide circuit
 local business_id = ARGV[19]                -- '' when unknown
 local circuit_name = ARGV[20]
 local brief = ARGV[21] == '1'               -- reply without the hash unless a transition
+-- Successes of earlier non-trial calls, deferred by their process and counted now, before op.
+local settled = tonumber(ARGV[22] or '0')
 
 -- Returns (decoded by states.parse_reply): allowed, retry_after_s, trial_token,
 -- previous_state ('' = no transition), window_calls, window_failures, then the state
 -- hash's field/value pairs ('state' first; only that pair when brief and no transition).
 
-local state = redis.call('HGET', h, 'state') or 'closed'
+local HOT = {'state', 'consecutive_failures', 'count_window', 'count_window_failures',
+  'total_calls', 'success_count', 'dirty', 'touched_at', 'circuit_name', 'next_attempt_at',
+  'half_open_successes'}
+local f, changed = {}, {}
+local got = redis.call('HMGET', h, unpack(HOT))
+for i, name in ipairs(HOT) do f[name] = got[i] end  -- false when absent
+-- A hash from before the window moved into it (a list then) starts its window empty.
+if window_type ~= 'time' and not f.count_window then f.count_window_failures = '0' end
+local refresh_expiry = false
+
+local function get(field)  -- a field's value (read once), false when absent
+  if f[field] == nil then f[field] = redis.call('HGET', h, field) end
+  return f[field]
+end
+local function num(field) return tonumber(get(field) or '0') or 0 end
+local function put(field, value) f[field], changed[field] = value, true end
+local function incr(field, n) local v = num(field) + n; put(field, v); return v end
+
+local state = get('state') or 'closed'
 local previous = ''
 local allowed, retry_after, granted = 0, 0, ''
-
-local function num(field)
-  return tonumber(redis.call('HGET', h, field) or '0') or 0
-end
+local window = get('count_window') or ''
 
 local function window_counts()
   if window_type == 'time' then
@@ -47,48 +67,68 @@ local function window_counts()
     redis.call('ZREMRANGEBYSCORE', wfail, '-inf', now - window_size)
     return redis.call('ZCARD', win), redis.call('ZCARD', wfail)
   end
-  return redis.call('LLEN', win), num('count_window_failures')
+  return #window, num('count_window_failures')
 end
 
 local function window_push(failed)
   if window_type == 'time' then
-    local id = redis.call('HINCRBY', h, 'window_seq', 1)
+    local id = incr('window_seq', 1)
     redis.call('ZADD', win, now, id)
-    if failed then redis.call('ZADD', wfail, now, id) end
+    redis.call('EXPIRE', win, ttl)
+    if failed then
+      redis.call('ZADD', wfail, now, id)
+      redis.call('EXPIRE', wfail, ttl)
+    end
     return
   end
-  redis.call('LPUSH', win, failed and '1' or '0')
-  if failed then redis.call('HINCRBY', h, 'count_window_failures', 1) end
-  -- A loop, not one pop: the configured size may have shrunk since the last call.
-  while redis.call('LLEN', win) > window_size do
-    if redis.call('RPOP', win) == '1' then redis.call('HINCRBY', h, 'count_window_failures', -1) end
+  window = window .. (failed and '1' or '0')
+  local failures = num('count_window_failures') + (failed and 1 or 0)
+  -- Trims to the configured size, which may have shrunk since the last call.
+  if #window > window_size then
+    local _, dropped = string.gsub(string.sub(window, 1, #window - window_size), '1', '')
+    failures = failures - dropped
+    window = string.sub(window, -window_size)
   end
+  put('count_window', window)
+  put('count_window_failures', failures)
 end
 
 local function set_state(new_state)
   if previous == '' then previous = state end
   state = new_state
-  redis.call('HSET', h, 'state', new_state, 'state_changed_at', now)
+  put('state', new_state)
+  put('state_changed_at', now)
 end
 
 local function trip()
   local streak = num('open_streak')
-  local closed_at = tonumber(redis.call('HGET', h, 'closed_at') or '')
+  local closed_at = tonumber(get('closed_at') or '')
   -- Waits grow only while the circuit flaps; a long healthy spell starts them over.
   if state == 'closed' and closed_at and now - closed_at >= reset_after then streak = 0 end
   streak = streak + 1
   local wait = math.min(base_wait * multiplier ^ (streak - 1), max_wait)
-  redis.call('HSET', h, 'open_streak', streak, 'opened_at', now, 'next_attempt_at', now + wait,
-    'half_open_successes', 0)
-  redis.call('HINCRBY', h, 'trip_count', 1)
+  put('open_streak', streak)
+  put('opened_at', now)
+  put('next_attempt_at', now + wait)
+  put('half_open_successes', 0)
+  incr('trip_count', 1)
   redis.call('DEL', trials)
   set_state('open')
 end
 
-local function close()
+local function clear_window()
   redis.call('DEL', trials, win, wfail)
-  redis.call('HSET', h, 'consecutive_failures', 0, 'count_window_failures', 0,
-    'half_open_successes', 0, 'closed_at', now, 'next_attempt_at', '')
+  window = ''
+  put('count_window', '')
+  put('count_window_failures', 0)
+end
+
+local function close()
+  clear_window()
+  put('consecutive_failures', 0)
+  put('half_open_successes', 0)
+  put('closed_at', now)
+  put('next_attempt_at', '')
   set_state('closed')
 end
 
@@ -102,11 +142,12 @@ local function allow()
     local next_at = num('next_attempt_at')
     if now < next_at then
       retry_after = next_at - now
-      redis.call('HINCRBY', h, 'not_permitted_calls', 1)
+      incr('not_permitted_calls', 1)
       return
     end
     redis.call('DEL', trials)
-    redis.call('HSET', h, 'half_open_successes', 0, 'half_open_calls', 0)
+    put('half_open_successes', 0)
+    put('half_open_calls', 0)
     set_state('half_open')
   end
   if state == 'half_open' then
@@ -114,12 +155,13 @@ local function allow()
       -- Trials report back well before their reservations expire; poll no slower than that.
       local first = redis.call('ZRANGE', trials, 0, 0, 'WITHSCORES')
       retry_after = first[2] and math.min(tonumber(first[2]) - now, base_wait) or base_wait
-      redis.call('HINCRBY', h, 'not_permitted_calls', 1)
+      incr('not_permitted_calls', 1)
       return
     end
-    granted = tostring(redis.call('HINCRBY', h, 'trial_seq', 1))
+    granted = tostring(incr('trial_seq', 1))
     redis.call('ZADD', trials, now + trial_timeout, granted)
-    redis.call('HINCRBY', h, 'half_open_calls', 1)
+    redis.call('EXPIRE', trials, ttl)
+    incr('half_open_calls', 1)
   end
   allowed = 1
 end
@@ -136,26 +178,34 @@ local function take_trial()
   return #redis.call('ZPOPMIN', trials) > 0
 end
 
+-- One success of a call that held no trial: in a closed circuit it fills the window (and, as
+-- in resilience4j, can complete the minimum number of calls); otherwise it is only counted.
+local function count_success()
+  incr('total_calls', 1)
+  incr('success_count', 1)
+  put('last_success_at', now)
+  if state == 'closed' then
+    put('consecutive_failures', 0)
+    window_push(false)
+    if rate_exceeded() then trip() end
+  end
+end
+
 local function record()
   local trial = take_trial()
-  redis.call('HINCRBY', h, 'total_calls', 1)
+  if op == 'success' and not trial then return count_success() end
+  incr('total_calls', 1)
   if op == 'ignored' then
-    redis.call('HINCRBY', h, 'ignored_calls', 1)
+    incr('ignored_calls', 1)
   elseif op == 'success' then
-    redis.call('HINCRBY', h, 'success_count', 1)
-    redis.call('HSET', h, 'last_success_at', now)
-    if state == 'closed' then
-      redis.call('HSET', h, 'consecutive_failures', 0)
-      window_push(false)
-      -- As in resilience4j, a success can complete the minimum number of calls.
-      if rate_exceeded() then trip() end
-    elseif trial and redis.call('HINCRBY', h, 'half_open_successes', 1) >= to_close then
-      close()
-    end
+    incr('success_count', 1)
+    put('last_success_at', now)
+    if incr('half_open_successes', 1) >= to_close then close() end
   else
-    redis.call('HINCRBY', h, 'total_failures', 1)
-    redis.call('HSET', h, 'last_failure_at', now, 'last_failure_reason', reason)
-    local streak = redis.call('HINCRBY', h, 'consecutive_failures', 1)
+    incr('total_failures', 1)
+    put('last_failure_at', now)
+    put('last_failure_reason', reason)
+    local streak = incr('consecutive_failures', 1)
     if state == 'closed' then
       window_push(true)
       local by_count = consecutive_threshold > 0 and streak >= consecutive_threshold
@@ -168,16 +218,27 @@ end
 
 local function reset()
   if state ~= 'closed' then close() end
-  redis.call('DEL', trials, win, wfail)
-  redis.call('HSET', h, 'open_streak', 0, 'consecutive_failures', 0, 'count_window_failures', 0)
+  clear_window()
+  put('open_streak', 0)
+  put('consecutive_failures', 0)
 end
 
+-- Marks the circuit for the mirror; the keys' expiry is refreshed at most hourly (it is a
+-- week), so a busy circuit does not pay an EXPIRE per call.
 local function touch()
-  redis.call('HSET', h, 'store_id', store_id, 'business_id', business_id,
-    'circuit_name', circuit_name, 'dirty', 1)
-  for _, k in ipairs(all_keys) do redis.call('EXPIRE', k, ttl) end
+  if get('circuit_name') ~= circuit_name then
+    put('store_id', store_id)
+    put('business_id', business_id)
+    put('circuit_name', circuit_name)
+  end
+  if get('dirty') ~= '1' then put('dirty', 1) end
+  if now - num('touched_at') >= 3600 or now < num('touched_at') then
+    put('touched_at', now)
+    refresh_expiry = true
+  end
 end
 
+for _ = 1, settled do count_success() end
 if op == 'allow' then
   allow()
   if previous ~= '' or allowed == 0 or granted ~= '' then touch() end
@@ -185,11 +246,20 @@ elseif op == 'reset' then
   reset()
   touch()
 elseif op == 'snapshot' then
-  if redis.call('EXISTS', h) == 1 then redis.call('HSET', h, 'dirty', 0) end
-elseif op ~= 'peek' then
+  if redis.call('EXISTS', h) == 1 then put('dirty', 0) end
+elseif op ~= 'peek' and op ~= 'settle' then
   record()
   touch()
 end
+if settled > 0 then touch() end
+
+local out = {}
+for field in pairs(changed) do
+  out[#out + 1] = field
+  out[#out + 1] = f[field]
+end
+if #out > 0 then redis.call('HSET', h, unpack(out)) end
+if refresh_expiry then redis.call('EXPIRE', h, ttl) end
 
 local calls, failures = window_counts()
 local reply = {allowed, tostring(retry_after), granted, previous, calls, failures, 'state', state}

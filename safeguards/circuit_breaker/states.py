@@ -254,6 +254,10 @@ def decode_text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+#: A brief reply's statistics: the state alone (counters read 0), one immutable value per state.
+_BRIEF_STATS = {state: CircuitStats(state=state) for state in CircuitState}
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
@@ -261,6 +265,16 @@ def _time(value: str | None) -> datetime | None:
 def parse_reply(reply: list[Any]) -> ScriptReply:
     """Decode the script's flat reply (six values, then the hash's field/value pairs)."""
     allowed, retry_after, token, previous, calls, failures, *pairs = reply
+    if len(pairs) == 2 and not previous:  # a brief reply: only the state, no transition
+        state = CircuitState(decode_text(pairs[1]))
+        return ScriptReply(
+            allowed=bool(int(allowed)),
+            retry_after_s=max(0.0, float(retry_after)),
+            trial_token=decode_text(token) or None,
+            previous_state=None,
+            stats=_BRIEF_STATS[state],
+            fields={"state": state.value},
+        )
     fields = {decode_text(k): decode_text(v) for k, v in zip(pairs[::2], pairs[1::2], strict=True)}
     values: dict[str, Any] = {name: int(fields.get(name, 0)) for name in _COUNTERS}
     values.update({name: _time(fields.get(name)) for name in _TIMES})

@@ -162,10 +162,15 @@ class CounterStore:
 
     def add(self, family: Family, values: tuple[str, ...], amount: int = 1) -> None:
         """Buffer one counter increment; sent with the next observation or flush."""
+        self.add_fields(((family.redis_key(), _field(values)),), amount)
+
+    def add_fields(self, fields: Iterable[tuple[str, str]], amount: int = 1) -> None:
+        """Buffer an increment of each (hash key, field); the hot path's form (no encoding)."""
         with self._lock:
             self._adopt()
-            self._pending[(family.redis_key(), _field(values))] += amount
-            self._pending_events += 1
+            for hash_field in fields:
+                self._pending[hash_field] += amount
+                self._pending_events += 1
             full = self._pending_events >= FLUSH_EVENTS
             if self._flusher is None:
                 self._flusher = threading.Thread(
@@ -272,7 +277,22 @@ def count_task(task: str, outcome: str, duration_s: float) -> None:
 
 def count_decision(safeguard: Safeguard, decision: Decision) -> None:
     """Count one admission decision of a safeguard (buffered: see the module docstring)."""
-    COUNTERS.add(SAFEGUARD_DECISIONS, (safeguard, decision))
+    COUNTERS.add_fields((_decision_field(get_settings().redis_prefix, safeguard, decision),))
+
+
+def count_decisions(circuit: Decision, rate_limit: Decision | None) -> None:
+    """Count a guarded call's decisions (the limiter's None when the circuit refused first)."""
+    prefix = get_settings().redis_prefix
+    fields = [_decision_field(prefix, "circuit_breaker", circuit)]
+    if rate_limit is not None:
+        fields.append(_decision_field(prefix, "rate_limit", rate_limit))
+    COUNTERS.add_fields(fields)
+
+
+@cache
+def _decision_field(prefix: str, safeguard: str, decision: str) -> tuple[str, str]:
+    # Encoded once per (prefix, label values): the guard counts two decisions per call.
+    return SAFEGUARD_DECISIONS.redis_key(), _field((safeguard, decision))
 
 
 def count_webhook(

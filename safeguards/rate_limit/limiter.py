@@ -18,7 +18,7 @@ is O(limit) for the minute and at most 360 + 288 buckets for hour and day.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from models.enums import Provider
 from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.errors import SafeguardUnavailable
+from safeguards.hot_script import evalsha
 from safeguards.rate_limit import reply
 from safeguards.rate_limit.limits import (
     PROVIDER_COSTS,
@@ -36,6 +37,7 @@ from safeguards.rate_limit.limits import (
     THROTTLE_CAP_S,
     THROTTLE_QUIET_S,
     WINDOWS,
+    LimitOverrides,
     OperationCost,
     RateLimitDecision,
     RateLimits,
@@ -44,6 +46,7 @@ from safeguards.rate_limit.limits import (
 )
 from safeguards.rate_limit.store import StoreLimitSource, upsert_usage
 from safeguards.redis_state import LuaScript, get_redis, key, run_script, run_script_batch
+from syncguard.settings import get_settings
 
 __all__ = [
     "PendingDecision",
@@ -64,6 +67,8 @@ LEASE_TTL_S = 60.0
 CONCURRENCY_WAIT_S = 1.0
 #: Seconds a store stays marked "touched" without a flush before it is announced again.
 DIRTY_TTL_S = 30.0
+#: Stores whose keys and limits one limiter keeps ready (the cache starts over when full).
+KEY_CACHE_SIZE = 10_000
 #: Most stores one flush to PostgreSQL visits.
 FLUSH_BATCH = 5_000
 
@@ -111,10 +116,23 @@ class RateLimiter:
         self.costs = costs
         self.stores = stores if stores is not None else _STORES
         self.lease_ttl_s = lease_ttl_s
+        # Per-call work done once: keys per store, encoded limits, limits per store.
+        self._key_cache: dict[tuple[str, Provider, str], list[str]] = {}
+        self._static_args: dict[RateLimits, list[Any]] = {}
+        self._limits_cache: dict[tuple[Provider, str], tuple[LimitOverrides, RateLimits]] = {}
 
     def limits_for(self, provider: Provider, store_id: str) -> RateLimits:
         """The provider's defaults with the store's overrides applied."""
-        return self.limits[provider].with_overrides(self.stores.overrides(store_id))
+        overrides = self.stores.overrides(store_id)
+        cached = self._limits_cache.get((provider, store_id))
+        # The source hands back the same overrides object until its cache entry is reloaded.
+        if cached is not None and cached[0] is overrides:
+            return cached[1]
+        limits = self.limits[provider].with_overrides(overrides)
+        if len(self._limits_cache) >= KEY_CACHE_SIZE:
+            self._limits_cache.clear()
+        self._limits_cache[(provider, store_id)] = (overrides, limits)
+        return limits
 
     def hit(
         self,
@@ -156,7 +174,7 @@ class RateLimiter:
         """Block the store for every worker; returns the epoch second the block ends."""
         sid = str(store_id)
         prov = provider or self.stores.provider(sid)
-        keys = [self._key(prov, sid, n) for n in ("throttle", "stats", "dirty")]
+        keys = [self._key(prov, sid, n) for n in ("throttle", "stats")]
         args = [
             _ms(self.clock.now()),
             -1 if retry_after_s is None else _ms(retry_after_s),
@@ -203,17 +221,31 @@ class RateLimiter:
         self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
     ) -> RateLimitDecision:
         pending = self.prepare(mode, sid, operation_type, provider, cost)
-        return self.finish(pending, run_script(self.client, CHECK, pending.keys, pending.args))
+        return self.finish(pending, evalsha(self.client, CHECK, pending.keys, pending.args))
 
     def prepare(
-        self, mode: str, sid: str, operation_type: str, provider: Provider | None, cost: int | None
+        self,
+        mode: str,
+        sid: str,
+        operation_type: str,
+        provider: Provider | None,
+        cost: int | None,
+        *,
+        settled: int = 0,
+        released: Sequence[str] = (),
     ) -> PendingDecision:
-        """One ``hit`` or ``test`` made ready to run (by CHECK, or a script including it)."""
+        """One ``hit`` or ``test`` made ready to run (by CHECK, or a script including it).
+
+        ``settled`` successes and ``released`` leases of earlier calls (deferred by the guard)
+        are counted and given back in the same run, before the decision.
+        """
         prov = provider or self.stores.provider(sid)
         units = self.costs[prov].of(operation_type) if cost is None else cost
         limits = self.limits_for(prov, sid)
         lease = uuid.uuid4().hex if mode == "hit" and limits.concurrency > 0 else ""
         keys, args = self._call(mode, prov, sid, units, limits, lease)
+        if settled or released:
+            args = [*args, settled, *released]
         return PendingDecision(keys, args, prov, sid, operation_type, units, limits, lease)
 
     def finish(self, pending: PendingDecision, raw: list[Any]) -> RateLimitDecision:
@@ -246,20 +278,31 @@ class RateLimiter:
     def _call(
         self, mode: str, prov: Provider, sid: str, cost: int, limits: RateLimits, lease: str = ""
     ) -> tuple[list[str], list[Any]]:
-        keys = [self._key(prov, sid, w.name, part) for w in WINDOWS for part in ("z", "h")]
-        keys += [self._key(prov, sid, n) for n in ("leases", "throttle", "stats", "dirty")]
-        args: list[Any] = [
-            mode,
-            _ms(self.clock.now()),
-            cost,
-            lease,
-            _ms(self.lease_ttl_s),
-            limits.concurrency,
-            _ms(DIRTY_TTL_S),
-        ]
-        for w in WINDOWS:
-            args += [w.length_ms, w.bucket_ms, limits.for_window(w)]
-        return keys, [*args, _ms(CONCURRENCY_WAIT_S)]
+        keys = self._keys(prov, sid)
+        static = self._static_args.get(limits)
+        if static is None:  # limits are few (defaults and overrides): encoded once each
+            static = [_ms(self.lease_ttl_s), limits.concurrency, _ms(DIRTY_TTL_S)]
+            for w in WINDOWS:
+                static += [w.length_ms, w.bucket_ms, limits.for_window(w)]
+            static.append(_ms(CONCURRENCY_WAIT_S))
+            self._static_args[limits] = static
+        return keys, [mode, _ms(self.clock.now()), cost, lease, *static]
+
+    def _keys(self, prov: Provider, sid: str) -> list[str]:
+        """CHECK's KEYS: each window's log or buckets, then leases, throttle, stats."""
+        prefix = get_settings().redis_prefix
+        found = self._key_cache.get((prefix, prov, sid))
+        if found is None:
+            # A window of 1 ms buckets is a list ("log"), the others hashes ("buckets").
+            found = [
+                self._key(prov, sid, w.name, "log" if w.bucket_ms == 1 else "buckets")
+                for w in WINDOWS
+            ]
+            found += [self._key(prov, sid, n) for n in ("leases", "throttle", "stats")]
+            if len(self._key_cache) >= KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[(prefix, prov, sid)] = found
+        return found
 
     def _announce(self, prov: Provider, sid: str, first_touch: bool) -> None:
         # Only the first touch since a flush pays this second round trip.

@@ -1,6 +1,6 @@
 -- Give back a concurrency lease and count the call's outcome.
 --
--- Returns the number of leases still in use.
+-- Returns nothing (the guard never needed the count back).
 
 local leases = KEYS[1]     -- sorted set {lease_id -> expiry_ms}
 local stats = KEYS[2]      -- hash of counters
@@ -9,4 +9,3 @@ local outcome = ARGV[2]    -- "success" | "failure" | "" (not known)
 
 if lease_id ~= '' then redis.call('ZREM', leases, lease_id) end
 if outcome ~= '' then redis.call('HINCRBY', stats, outcome, 1) end
-return redis.call('ZCARD', leases)

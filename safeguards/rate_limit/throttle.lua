@@ -5,8 +5,7 @@
 -- Returns {blocked_until_ms, strikes, first_touch} (decoded by reply.py).
 
 local throttle = KEYS[1]              -- hash {until, strikes, last}
-local stats = KEYS[2]                 -- hash of counters and the key's clock
-local dirty = KEYS[3]                 -- set while the store awaits a flush to PostgreSQL
+local stats = KEYS[2]                 -- check.lua's stats hash: counters, clock, 'tu', flush mark
 local now = tonumber(ARGV[1])         -- the caller's clock, ms
 local retry_after = tonumber(ARGV[2]) -- the provider's Retry-After, ms; -1 = none sent
 local base = tonumber(ARGV[3])        -- first backoff, ms
@@ -14,7 +13,8 @@ local cap = tonumber(ARGV[4])         -- longest backoff, ms
 local quiet = tonumber(ARGV[5])       -- ms without a throttle after which strikes start over
 local dirty_ttl = tonumber(ARGV[6])   -- ms the dirty flag lives
 
-local last_clock = tonumber(redis.call('HGET', stats, 'clock') or '0')
+local s = redis.call('HMGET', stats, 'clock', 'dirty_until')
+local last_clock = tonumber(s[1] or '0')
 if last_clock > now then now = last_clock end
 
 local t = redis.call('HMGET', throttle, 'until', 'strikes', 'last')
@@ -30,7 +30,12 @@ local blocked_until = math.max(old_until, now + wait)
 redis.call('HSET', throttle, 'until', blocked_until, 'strikes', strikes, 'last', now)
 redis.call('PEXPIRE', throttle, blocked_until - now + quiet)
 redis.call('HINCRBY', stats, 'throttles', 1)
-redis.call('HSET', stats, 'clock', now)
+-- check.lua reads the block from its stats hash ('tu'): no extra command on every decision.
 local first_touch = 0
-if redis.call('SET', dirty, '1', 'NX', 'PX', dirty_ttl) then first_touch = 1 end
+if now >= tonumber(s[2] or '0') then
+  first_touch = 1
+  redis.call('HSET', stats, 'clock', now, 'tu', blocked_until, 'dirty_until', now + dirty_ttl)
+else
+  redis.call('HSET', stats, 'clock', now, 'tu', blocked_until)
+end
 return {blocked_until, strikes, first_touch}

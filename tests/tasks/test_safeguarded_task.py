@@ -98,8 +98,11 @@ def test_a_concurrency_limit_defers_jobs_without_spending_retries(
 
     assert workload.runs(marker) == 4
     assert all(r["retries"] == 0 for r in reports)
-    # Four jobs, one lease: at least three had to wait their turn.
-    assert sum(1 for r in reports if r["deferrals"] > 0) >= 3
+    # Four jobs, one lease, four children: the jobs that started while another held the lease
+    # waited their turn. Not necessarily three: a job the pool hands to the first job's child
+    # after it finished starts with the lease free (that child gives it back with its next
+    # admission), so it need not wait.
+    assert sum(1 for r in reports if r["deferrals"] > 0) >= 2
     assert _archived(store_id) == []
 
 
