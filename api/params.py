@@ -14,22 +14,35 @@ Python cannot take never reaches SQL: a refusal is a 422 naming the parameter, n
 
 Error messages name the offending character's code point and position, never the value: the
 value may be a mistyped secret.
+
+A listing's window (``since``, ``until``, ``limit``) is checked once, by the ``Listing``
+dependency, for every list endpoint: a limit outside 1..``api_max_list_limit`` or a ``since``
+not before ``until`` is a 400 saying so.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
+from fastapi import Depends, HTTPException, Request
 from pydantic import AfterValidator, StringConstraints
 
+from api.auth import settings_of
+
 __all__ = [
+    "DEFAULT_LIMIT",
     "MAX_NAME_CHARS",
     "MAX_NOTE_CHARS",
+    "Listing",
+    "ListingWindow",
     "Moment",
     "NameText",
     "NoteText",
+    "check_limit",
+    "check_order",
     "storable_line",
     "storable_text",
     "utc_moment",
@@ -41,6 +54,8 @@ MAX_NAME_CHARS = 200
 MAX_NOTE_CHARS = 4000
 #: Control characters a multi-line note may contain.
 NOTE_WHITESPACE = frozenset("\t\n\r")
+#: Rows a listing returns when the request names no ``limit``.
+DEFAULT_LIMIT = 100
 #: Earliest and latest moment a parameter may name.
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
@@ -93,3 +108,42 @@ NoteText = Annotated[
 ]
 #: A moment in UTC within EARLIEST..LATEST (ISO 8601; naive means UTC).
 Moment = Annotated[datetime, AfterValidator(utc_moment)]
+
+
+def check_limit(request: Request, limit: int) -> int:
+    """``limit`` if it is within 1..api_max_list_limit; else HTTPException 400 saying the range."""
+    ceiling = settings_of(request).api_max_list_limit
+    if not 1 <= limit <= ceiling:
+        raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
+    return limit
+
+
+def check_order(since: datetime | None, until: datetime | None) -> None:
+    """HTTPException 400 unless ``since`` is before ``until`` (either may be open: None)."""
+    if since is not None and until is not None and since >= until:
+        raise HTTPException(400, "since must be earlier than until")
+
+
+@dataclass(frozen=True)
+class ListingWindow:
+    """Which rows a listing returns: created in ``since``..``until`` (UTC, either open: None),
+    newest ``limit`` first."""
+
+    since: datetime | None
+    until: datetime | None
+    limit: int
+
+
+def listing_window(
+    request: Request,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    limit: int = DEFAULT_LIMIT,
+) -> ListingWindow:
+    """The ``since``, ``until`` and ``limit`` query parameters, checked (see the module doc)."""
+    check_order(since, until)
+    return ListingWindow(since, until, check_limit(request, limit))
+
+
+#: A list endpoint's ``?since=&until=&limit=``, checked once for every listing.
+Listing = Annotated[ListingWindow, Depends(listing_window)]

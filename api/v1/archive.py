@@ -6,14 +6,14 @@ import dataclasses
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from api.api_keys import Principal
-from api.auth import Caller, GuardedRoute, read_session, require_operator, scope, settings_of
-from api.params import Moment, NameText, NoteText
+from api.auth import Caller, GuardedRoute, read_session, require_operator, scope
+from api.params import Listing, NameText, NoteText
 from models import FailureCategory, ReviewResolution
 from safeguards import dead_letter
 from safeguards.dead_letter.archive import ArchivedJob, ArchiveFilter
@@ -60,32 +60,24 @@ def _json(payload: Any, status: int = 200) -> JSONResponse:
 
 @router.get("")
 def list_archive(
-    request: Request,
     caller: Caller,
+    window: Listing,
     category: FailureCategory | None = None,
     store_id: uuid.UUID | None = None,
     reviewed: bool | None = None,
-    since: Moment | None = None,
-    until: Moment | None = None,
     job_type: NameText | None = None,
-    limit: int = 100,
     business_id: uuid.UUID | None = None,
 ) -> JSONResponse:
     """Archive entries newest first, filtered by category, store, reviewed, since/until."""
-    ceiling = settings_of(request).api_max_list_limit
-    if not 1 <= limit <= ceiling:
-        raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
-    if since is not None and until is not None and since >= until:
-        raise HTTPException(400, "since must be earlier than until")
     criteria = ArchiveFilter(
         category=category,
         store_id=store_id,
         business_id=scope(caller, business_id),
-        since=since,
-        until=until,
+        since=window.since,
+        until=window.until,
         reviewed=reviewed,
         job_type=job_type,
-        limit=limit,
+        limit=window.limit,
     )
     with read_session(caller) as session:
         entries = dead_letter.list_entries(criteria, session=session)

@@ -16,14 +16,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from api.auth import Caller, GuardedRoute, read_session, scope, settings_of
-from api.params import Moment
+from api.auth import Caller, GuardedRoute, read_session, scope
+from api.params import DEFAULT_LIMIT, Listing
 from models import FailedJobArchive, SyncJob, SyncJobStatus, SyncTrigger
 from safeguards import dead_letter
 
@@ -40,7 +40,7 @@ class JobFilter:
     trigger: SyncTrigger | None = None
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = 100
+    limit: int = DEFAULT_LIMIT
 
 
 def job_json(job: SyncJob, archive_entry_id: uuid.UUID | None) -> dict[str, Any]:
@@ -116,23 +116,18 @@ def _with_archive(statement: Select[Any]) -> Select[Any]:
 
 @router.get("")
 def jobs(
-    request: Request,
     caller: Caller,
+    window: Listing,
     store_id: uuid.UUID | None = None,
     status: SyncJobStatus | None = None,
     trigger: SyncTrigger | None = None,
-    since: Moment | None = None,
-    until: Moment | None = None,
-    limit: int = 100,
     business_id: uuid.UUID | None = None,
 ) -> JSONResponse:
     """Sync jobs newest first, filtered by store, status, trigger and created since/until."""
-    ceiling = settings_of(request).api_max_list_limit
-    if not 1 <= limit <= ceiling:
-        raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
-    if since is not None and until is not None and since >= until:
-        raise HTTPException(400, "since must be earlier than until")
-    criteria = JobFilter(store_id, scope(caller, business_id), status, trigger, since, until, limit)
+    business = scope(caller, business_id)
+    criteria = JobFilter(
+        store_id, business, status, trigger, window.since, window.until, window.limit
+    )
     with read_session(caller) as session:
         found = list_jobs(session, criteria)
     return JSONResponse(jsonable_encoder({"jobs": found}))

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from api.auth import Caller, GuardedRoute, read_session, scope, settings_of
-from api.params import Moment, NameText
+from api.params import DEFAULT_LIMIT, Moment, NameText, check_limit, check_order
 from api.v1 import archive as v1_archive
 from api.v1 import jobs as v1_jobs
 from api.v1 import queries as v1_queries
@@ -33,14 +33,6 @@ BusinessParam = Annotated[uuid.UUID | None, Query()]
 def as_json(payload: Any, status: int = 200) -> JSONResponse:
     """``payload`` (UUIDs, datetimes, enums included) as a JSON response."""
     return JSONResponse(jsonable_encoder(payload), status)
-
-
-def check_limit(request: Request, limit: int) -> int:
-    """``limit`` if it is within 1..api_max_list_limit, else a 400 saying the range."""
-    ceiling = settings_of(request).api_max_list_limit
-    if not 1 <= limit <= ceiling:
-        raise HTTPException(400, f"limit must be between 1 and {ceiling}, not {limit}")
-    return limit
 
 
 @router.get("/status")
@@ -80,7 +72,7 @@ def alerts(
     request: Request,
     caller: Caller,
     status: AlertStatus | None = None,
-    limit: int = 100,
+    limit: int = DEFAULT_LIMIT,
     business_id: BusinessParam = None,
 ) -> JSONResponse:
     """Alerts, newest first; ``status`` = open or resolved."""
@@ -133,8 +125,7 @@ def metrics(
     """The trend of metric ``name`` by minute or hour: a tenant's own, or the operator's choice."""
     end = until or datetime.now(UTC)
     start = since or end - timedelta(seconds=settings_of(request).api_metric_window_s)
-    if start >= end:
-        raise HTTPException(400, "since must be earlier than until")
+    check_order(start, end)
     if (end - start) / BUCKET_WIDTHS[bucket] > MAX_TREND_BUCKETS:
         raise HTTPException(
             400, f"at most {MAX_TREND_BUCKETS} {bucket} buckets per trend: narrow since..until"
