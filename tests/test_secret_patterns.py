@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,34 +31,34 @@ SECRETS = {name: token.removeprefix("Basic ") for name, token in SHAPES.items()}
 DSN_PASSWORD = "pa55w0rd-secret"
 
 
-@pytest.fixture
-def text_log() -> Iterator[tuple[logging.Logger, io.StringIO]]:
-    """A logger writing plain lines to a buffer through the process's record scrubber."""
+@contextmanager
+def captured(formatter: logging.Formatter) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through ``formatter`` to a buffer, past the process's record scrubber."""
     install_scrubber()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(formatter)
     logger = logging.getLogger(f"test.secret_patterns.{id(stream)}")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    yield logger, stream
-    logger.removeHandler(handler)
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_a_log_line_message_argument_and_traceback_never_show_the_token(
-    text_log: tuple[logging.Logger, io.StringIO], name: str
-) -> None:
-    logger, stream = text_log
+def test_a_log_line_message_argument_and_traceback_never_show_the_token(name: str) -> None:
     token = SHAPES[name]
 
-    logger.warning(f"refresh answered 401 for {token}")
-    logger.warning("calling the provider with %s", token)
-    try:
-        raise RuntimeError(f"token {token} refused")
-    except RuntimeError:
-        logger.exception("sync failed")
+    with captured(logging.Formatter("%(levelname)s %(message)s")) as (logger, stream):
+        logger.warning(f"refresh answered 401 for {token}")
+        logger.warning("calling the provider with %s", token)
+        try:
+            raise RuntimeError(f"token {token} refused")
+        except RuntimeError:
+            logger.exception("sync failed")
 
     output = stream.getvalue()
     assert SECRETS[name] not in output
@@ -66,17 +67,8 @@ def test_a_log_line_message_argument_and_traceback_never_show_the_token(
 
 
 def test_a_json_log_line_never_shows_a_token_in_any_field() -> None:
-    install_scrubber()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonLineFormatter())
-    logger = logging.getLogger(f"test.secret_patterns.json.{id(stream)}")
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
+    with captured(JsonLineFormatter()) as (logger, stream):
         logger.error("tokens", extra={"data": {"seen": list(SHAPES.values())}})
-    finally:
-        logger.removeHandler(handler)
 
     output = stream.getvalue()
     assert all(secret not in output for secret in SECRETS.values()), output
