@@ -43,14 +43,14 @@ from api.intake import (
     clean_id,
     publish_after_commit,
     read_intake,
-    record,
 )
-from api.lookups import StoreRef, gmail_store, touch_gmail_watch
+from api.lookups import StoreRef, gmail_store, gmail_watch_touch
 from api.outcomes import Ignored, IgnoreReason
 from api.push_auth import PushTokenVerifier
+from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import SyncTrigger
 from syncguard.db import service_session
-from tasks.sync.requests import PlannedSync, plan_sync
+from tasks.sync.requests import PlannedSync, plan_sync, reserve_sync
 
 logger = logging.getLogger(__name__)
 
@@ -103,28 +103,46 @@ def _commit(
     Returns the store, the sync to publish now that it has committed (None: folded, or the
     store is not active) and the delivery rows written. Ignored for an unknown mailbox.
     """
+    try:
+        return _transaction(intake, notification, message_id, together=True)
+    except StoreChanged:  # rolled back: the store was paused or deleted since the lookup
+        return _transaction(intake, notification, message_id, together=False)
+
+
+def _transaction(
+    intake: Intake, notification: GmailNotification, message_id: str | None, *, together: bool
+) -> tuple[StoreRef, PlannedSync | None, list[uuid.UUID]]:
+    """``_commit``'s transaction. ``together``: the job row is written in the receipt's one
+    statement (see api.receipt; StoreChanged when it could not be); else by ``plan_sync``,
+    whose refusal (the store no longer active) propagates and is answered as ignored."""
     planned: PlannedSync | None = None
     try:
         with service_session() as session:
-            store = gmail_store(session, notification.email_address)
+            connection = session.connection()
+            store = gmail_store(connection, notification.email_address)
             if store is None:
                 raise Ignored(IgnoreReason.UNKNOWN_MAILBOX, "no store has this mailbox address")
             # The notification's historyId is only logged: the sync reads from our cursor.
             logger.info(
                 "gmail push for store %s at historyId %s", store.id, notification.history_id
             )
-            touch_gmail_watch(session, store.id)  # the watch works, whatever the store's state
+            touch = gmail_watch_touch(store.id)  # the watch works, whatever the store's state
             if not store.syncable:
+                connection.execute(touch)
                 return store, None, []
-            planned = plan_sync(session, store.id, SyncTrigger.WEBHOOK)
-            row = record(
-                intake, store.id, message_id, WEBHOOK_TYPE, ACK_STATUS, None, session=session
-            )
+            jobs: list[tuple[PlannedSync, SyncTrigger]] = []
+            if together:
+                planned = reserve_sync(session, store.id)
+                jobs = [] if planned is None else [(planned, SyncTrigger.WEBHOOK)]
+            else:
+                planned = plan_sync(session, store.id, SyncTrigger.WEBHOOK)
+            row = DeliveryRow(store.id, message_id, WEBHOOK_TYPE, ACK_STATUS, None, True)
+            logged = write_receipt(connection, jobs, touch, [row], intake.elapsed_ms())
     except BaseException:
         if planned is not None:  # the transaction did not commit: its job does not exist
             planned.cancel()
         raise
-    return store, planned, [row]
+    return store, planned, logged
 
 
 def decode_push(body: Any) -> GmailNotification:

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Update, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -41,7 +41,7 @@ class SubscriptionRef:
     client_state_hash: str | None
 
 
-def gmail_store(session: Session, address: str) -> StoreRef | None:
+def gmail_store(session: Session | Connection, address: str) -> StoreRef | None:
     """The Gmail store of ``address``, compared case-insensitively."""
     row = session.execute(
         select(Store.id, Store.status)
@@ -82,9 +82,9 @@ def outlook_subscriptions(
     }
 
 
-def touch_gmail_watch(session: Session, store_id: uuid.UUID) -> None:
-    """Record that the store's Gmail watch just delivered a notification."""
-    session.execute(
+def gmail_watch_touch(store_id: uuid.UUID) -> Update:
+    """The UPDATE recording that the store's Gmail watch just delivered a notification."""
+    return (
         update(WebhookSubscription)
         .where(WebhookSubscription.store_id == store_id)
         .where(WebhookSubscription.provider == Provider.GMAIL)
@@ -93,14 +93,13 @@ def touch_gmail_watch(session: Session, store_id: uuid.UUID) -> None:
     )
 
 
-def touch_subscriptions(session: Session, row_ids: Collection[uuid.UUID]) -> None:
-    """Record that these subscriptions just delivered a notification."""
-    if row_ids:
-        session.execute(
-            update(WebhookSubscription)
-            .where(WebhookSubscription.id.in_(list(row_ids)))
-            .values(last_notification_at=func.now())
-        )
+def subscriptions_touch(row_ids: Collection[uuid.UUID]) -> Update:
+    """The UPDATE recording that these subscriptions just delivered a notification."""
+    return (
+        update(WebhookSubscription)
+        .where(WebhookSubscription.id.in_(list(row_ids)))
+        .values(last_notification_at=func.now())
+    )
 
 
 def forget_deliveries(session: Session, row_ids: Collection[uuid.UUID]) -> None:

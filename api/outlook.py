@@ -61,7 +61,7 @@ from api.intake import (
     publish_after_commit,
     read_intake,
 )
-from api.lookups import outlook_subscriptions
+from api.lookups import outlook_subscriptions, subscriptions_touch
 from api.outcomes import Ignored, as_ignored
 from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import SyncTrigger
@@ -184,7 +184,8 @@ def _commit(
                     planned.append(plan)
         verdicts = [_with_failure(v, failed) for v in judged]
         touched, rows = _log_rows(verdicts)
-        logged = write_receipt(connection, jobs, touched, rows, intake.elapsed_ms())
+        touch = subscriptions_touch(touched) if touched else None
+        logged = write_receipt(connection, jobs, touch, rows, intake.elapsed_ms())
     return verdicts, sends, logged
 
 

@@ -15,13 +15,13 @@ the whole transaction back and takes its general path, which says why per store.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, String, func, insert, literal, select, union_all, update
+from sqlalchemy import Connection, String, Update, insert, literal, select, union_all
 
-from models import SyncTrigger, WebhookDeliveryLog, WebhookSubscription
+from models import SyncTrigger, WebhookDeliveryLog
 from safeguards.delivery_log import delivery_values
 from tasks.sync.jobs import insert_job
 from tasks.sync.requests import PlannedSync
@@ -46,11 +46,12 @@ class StoreChanged(Exception):
 def write_receipt(
     connection: Connection,
     jobs: Sequence[tuple[PlannedSync, SyncTrigger]],
-    touched: Collection[uuid.UUID],
+    touch: Update | None,
     rows: Sequence[DeliveryRow],
     duration_ms: int,
 ) -> list[uuid.UUID]:
-    """Write ``jobs``' rows, touch the ``touched`` subscriptions, write ``rows``; one statement.
+    """Write ``jobs``' rows, the subscriptions' ``touch`` (see api.lookups) and ``rows``; one
+    statement.
 
     Returns the delivery rows' ids. Raises StoreChanged (the caller must roll back) when a job
     row was not written; SQLAlchemy's errors when the database is unreachable.
@@ -63,12 +64,7 @@ def write_receipt(
         job = insert_job(plan.store_id, trigger, plan.job_id, plan.task_id)
         ctes.append(job.cte(f"job_{i}"))
         written.append(select(literal("job", String), ctes[-1].c.id))
-    if touched:
-        touch = (
-            update(WebhookSubscription)
-            .where(WebhookSubscription.id.in_(list(touched)))
-            .values(last_notification_at=func.now())
-        )
+    if touch is not None:
         ctes.append(touch.cte("touch"))
     for i, row in enumerate(rows):
         # One single-row INSERT each: a multi-row VALUES has no cache key, so SQLAlchemy would

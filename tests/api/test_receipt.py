@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, update
 
 from api.intake import Intake
+from api.lookups import subscriptions_touch
 from api.outlook import _commit
 from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import Provider, Store, StoreStatus, SyncTrigger
@@ -42,7 +43,7 @@ def test_one_statement_writes_every_job_touch_and_delivery_row(engine: Engine) -
         logged = write_receipt(
             session.connection(),
             [(plan, SyncTrigger.WEBHOOK) for plan in plans],
-            {sub.id for sub in subs},
+            subscriptions_touch({sub.id for sub in subs}),
             [
                 _row(store, sub.provider_subscription_id)
                 for store, sub in zip(stores, subs, strict=True)
@@ -85,7 +86,7 @@ def test_a_store_paused_since_the_lookup_raises_and_the_rollback_leaves_nothing(
             write_receipt(
                 session.connection(),
                 [(_plan(active), SyncTrigger.WEBHOOK), (_plan(paused), SyncTrigger.WEBHOOK)],
-                {sub.id for sub in subs},
+                subscriptions_touch({sub.id for sub in subs}),
                 [
                     _row(s, sub.provider_subscription_id)
                     for s, sub in zip((active, paused), subs, strict=True)
