@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from celery.signals import worker_process_shutdown
 from sqlalchemy import select
 
 from models import MetricType, Provider, Store
@@ -23,7 +24,7 @@ from providers.oauth import OAuthCredentials
 from safeguards.errors import RateLimited, Refused, SafeguardUnavailable
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.app_limits import AppId
-from safeguards.rate_limit.app_quota import get_app_quota_pool
+from safeguards.rate_limit.app_quota import get_app_quota_pool, give_back_leases
 from safeguards.rate_limit.limiter import get_rate_limiter
 from syncguard.crypto import DecryptionError, decrypt_json
 from syncguard.db import service_session
@@ -126,3 +127,7 @@ def app_quota(scope: Scope, operation: str, cost: int | None) -> Iterator[None]:
     except Refused:
         give_back()
         raise
+
+
+# A prefork child leaves by os._exit, past atexit: its unspent units go back here instead.
+worker_process_shutdown.connect(lambda **_: give_back_leases(), weak=False)

@@ -43,7 +43,7 @@ from safeguards.rate_limit.app_limits import AppDecision, AppId, AppQuota, AppUs
 from safeguards.redis_state import LuaScript, get_redis, key, run_script, run_script_batch
 from syncguard.settings import get_settings
 
-__all__ = ["LEASE", "AppQuotaPool", "get_app_quota_pool", "settings_quota"]
+__all__ = ["LEASE", "AppQuotaPool", "get_app_quota_pool", "give_back_leases", "settings_quota"]
 
 LEASE = LuaScript("safeguards.rate_limit", "app_quota")
 _KIND = "appquota"
@@ -232,3 +232,9 @@ def _return_quietly(pool: AppQuotaPool) -> None:
         pool.return_all()
     except Exception:  # exiting: a block not given back only ages out (W + V after its grant)
         return
+
+
+def give_back_leases() -> None:
+    """Give this process's unspent leased units back (a worker process shutting down)."""
+    if _DEFAULT:
+        _return_quietly(_DEFAULT[0])
