@@ -40,13 +40,16 @@ def pytest_configure(config: pytest.Config) -> None:
     with _admin_engine(server_db_url).connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{TEST_DATABASE}"'))
     rendered = test_url.render_as_string(hide_password=False)
+    # The run's broker is always its Redis (under the run's prefix), whatever the shell holds:
+    # the Redis broker's own tests (poison entries on its lists) then always have it, and the
+    # RabbitMQ, Sentinel and fault tests hand their workers a broker of their own.
     os.environ.update(
         DATABASE_URL=rendered,
         REDIS_URL=redis_url,
+        BROKER_URL=redis_url,
         SYNCGUARD_REDIS_PREFIX=TEST_REDIS_PREFIX,
         SYNCGUARD_ENVIRONMENT="test",
     )
-    os.environ.setdefault("BROKER_URL", redis_url)
     config.stash[_SERVER_KEY] = server_db_url
 
     from syncguard.migrate import upgrade

@@ -125,3 +125,21 @@ def test_an_undecodable_message_is_archived(
     _publish_raw(amqp_url, body.decode().format(marker=marker).encode(), headers)
 
     _assert_archived_then_consuming(engine, marker, worker, amqp_url)
+
+
+def test_two_identical_messages_without_an_id_share_one_archive_entry(
+    worker: subprocess.Popen[str], engine: Engine, amqp_url: str
+) -> None:
+    # RabbitMQ's delivery tags are per-channel counters, not message ids (AMQP 0-9-1,
+    # basic.deliver), so an id-less poison is keyed by its body: identical bodies are one entry
+    # (on Redis, whose tags are UUIDs, they are two: test_poison_messages).
+    marker = f"amqp-poison-{uuid.uuid4().hex}"
+    body = json.dumps({"event": marker}).encode()
+
+    for _ in range(2):
+        _publish_raw(amqp_url, body, {})
+
+    # Both were consumed before the heartbeat behind them ran (one queue, in order).
+    row = _assert_archived_then_consuming(engine, marker, worker, amqp_url)
+    assert [r.id for r in _archived(engine, marker)] == [row.id]
+    assert row.job_id.startswith("poison-")
