@@ -31,8 +31,7 @@ from typing import Any
 
 import redis
 
-from safeguards.errors import SafeguardUnavailable
-from safeguards.redis_state import LuaScript, get_redis, key, run_script
+from safeguards.redis_state import LuaScript, get_redis, key, run_script, run_script_batch
 
 _SCRIPT = LuaScript("safeguards", "single_flight")
 
@@ -156,16 +155,9 @@ class SingleFlight:
         reconciliation. Raises SafeguardUnavailable when Redis is unreachable."""
         if not calls:
             return []
-        client = self.client or get_redis()
-        pipe = client.pipeline(transaction=False)
-        script = _SCRIPT.on(client)
-        for scope, owner, other in calls:
-            keys, args = self._args(verb, scope, owner, other=other)
-            script(keys=keys, args=args, client=pipe)
-        try:
-            return list(pipe.execute())
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise SafeguardUnavailable(f"safeguard state unreachable: {exc}") from exc
+        batch = [self._args(verb, scope, owner, other=other) for scope, owner, other in calls]
+        # One pipeline per Redis Cluster node (a cluster pipeline refuses EVALSHA).
+        return run_script_batch(self.client or get_redis(), _SCRIPT, batch)
 
     def _run(
         self,

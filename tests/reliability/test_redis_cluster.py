@@ -27,6 +27,8 @@ from safeguards.alerts.store import denial_alerts
 from safeguards.circuit_breaker.breaker import CircuitBreaker, flush_stats_to_postgres
 from safeguards.health_metrics import prometheus
 from safeguards.rate_limit import limiter as limiter_module
+from safeguards.rate_limit.app_limits import AppId, AppQuota
+from safeguards.rate_limit.app_quota import AppQuotaPool
 from safeguards.rate_limit.limiter import RateLimiter, flush_usage_to_postgres
 from safeguards.redis_state import get_redis, primaries
 from safeguards.single_flight import SingleFlight
@@ -44,6 +46,8 @@ from tests.sync_support import connect_store, emulator_env
 from tests.worker import purge_queues
 
 CLUSTER_ENV = {"SYNCGUARD_REDIS_CLUSTER": "1"}
+#: A provider app's quota: blocks of 10 units leased per lease.
+APP_QUOTA = AppQuota(limit=1000, window_ms=60_000, block=10, validity_ms=1_000, bucket_ms=100)
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +158,17 @@ def test_beat_mirrors_read_the_cluster(engine: Engine, cluster: OwnCluster) -> N
             for _ in range(10):
                 quiet.record(sid, "gmail_api", False, failure_reason="503")
         flush_stats_to_postgres()  # circuits on every node
+        # Beat's reconciliation requests many stores' single flights in one batch.
+        flight = SingleFlight(f"cluster-{uuid.uuid4().hex[:6]}")
+        requested = flight.run_many("request", [(str(s), f"job-{s}", "") for s in stores])
+        assert requested == [1] * len(stores)
+        assert [flight.holder(str(s)) for s in stores] == [f"job-{s}" for s in stores]
+        # The dashboard and /metrics read every provider app's usage in one batch.
+        apps = [AppId(Provider.GMAIL, f"client-{uuid.uuid4().hex[:8]}") for _ in range(6)]
+        pool = AppQuotaPool(client, quota_of=lambda _app: APP_QUOTA)
+        assert all(pool.take(app, 3).allowed for app in apps)
+        used = {u.app: u.used for u in pool.usages()}
+        assert [used[app.name] for app in apps] == [APP_QUOTA.block] * len(apps)
     with service_session(engine) as session:
         opened = session.scalar(
             select(func.count())
