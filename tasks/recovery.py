@@ -24,10 +24,13 @@ database failed in between) is closed as archived.
 The recovery bound: once the fault clears, a job whose worker died runs again within
 ``sync_lease_s`` + ``sync_recovery_sweep_s`` (+ its wait in the queue), one whose message was
 lost within its countdown + ``sync_queue_bound_s`` + ``sync_recovery_sweep_s``. Redis holds only
-accelerators: with its keys gone the rows still say what to recover. A recovered job's pending
-marker is re-armed for another queue bound, so requests folded into it still get their one
-follow-up; that needs ``sync_queue_bound_s`` > ``sync_lease_s`` + ``sync_recovery_sweep_s``
-(600 > 120 + 30 by default), or the fold could lapse before the sweep. The queue bound must also
+accelerators: with its keys gone the rows still say what to recover. A job's pending marker
+(and the dirty flag of requests folded into it) lives for ``sync_queue_bound_s`` +
+``sync_recovery_sweep_s`` + ``sync_lease_s`` past its expected start or last renewal, so it is
+still there when the sweep re-publishes the job, which re-arms it: the fold survives any number
+of recoveries, and a job archived here still gets its follow-up (tasks/sync/ending.py; a marker
+that lived for the bound alone lapsed just before the sweep when a job waited in a backlog).
+The queue bound must also
 exceed the longest time a healthy queue makes a job wait: a job merely stuck behind a backlog
 longer than that is recovered (its old message then turns stale, harmless) and, after
 ``sync_max_recoveries`` such sweeps, archived as ``recovery_exhausted`` (replayable).
@@ -232,7 +235,7 @@ def _archive_exhausted(candidate: Candidate, task_id: str) -> None:
 
 
 def _rearm(candidate: Candidate) -> None:
-    """The job is pending again for a queue bound, and so are requests folded into it.
+    """The job is pending again (see ``sync_flight``), and so are requests folded into it.
 
     Only a marker that names this job (or none) is touched: a newer job's stays its own.
     """

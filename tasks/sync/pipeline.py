@@ -150,7 +150,7 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     # A job with a checkpoint continues a run under way: requests folded into it stay pending.
     held = hold(store_uuid, job.id, self.request.id, fresh=not job.checkpoint)
     if held is Hold.STALE:  # the sweep handed the job to another message meanwhile
-        return {"job_id": str(job.id), "stale": True}
+        return {"job_id": str(job.id), "stale": True, "found_at": "lease"}
     if held is Hold.BUSY:
         if _held_by_ended_job(store_uuid):
             return _wait_out_hold(store_id, job.id)

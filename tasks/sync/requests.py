@@ -19,11 +19,17 @@ SYNC_TASK = "tasks.sync.sync_store"
 
 
 def sync_flight() -> SingleFlight:
-    """The per-store single flight of syncs (lease and queue bound from settings)."""
+    """The per-store single flight of syncs (lease and queue bound from settings).
+
+    The pending marker, and with it the dirty flag of requests folded into its job, lives past
+    the job's expected start for the queue bound plus one sweep period plus one lease of slack:
+    the recovery sweep re-publishes (and re-arms) a job only at the first sweep after its queue
+    bound, so a marker that lived for the bound alone lapsed before that sweep whenever a job
+    waited in a backlog, and the requests folded into it were lost with it.
+    """
     settings = get_settings()
-    return SingleFlight(
-        "sync", lease_s=settings.sync_lease_s, pending_ttl_s=settings.sync_queue_bound_s
-    )
+    live_s = settings.sync_queue_bound_s + settings.sync_recovery_sweep_s + settings.sync_lease_s
+    return SingleFlight("sync", lease_s=settings.sync_lease_s, pending_ttl_s=live_s)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, select, text
 from models import Provider, SyncJob, SyncJobStatus, SyncTrigger
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from syncguard.db import service_session
+from syncguard.settings import get_settings
 from tasks import app
 from tasks.recovery import recover_sync_jobs
 from tasks.sync.jobs import create_job, follow_up_id, start_job
@@ -149,3 +151,29 @@ def test_a_follow_up_whose_publication_fails_after_its_job_ended_still_runs(
     eventually(lambda: late in local_copy(engine, store_id), timeout_s=30)
     eventually(lambda: not unsettled(engine, [store_id]), timeout_s=60)
     assert local_copy(engine, store_id) == mailbox_copy(mailbox, Provider.OUTLOOK)
+
+
+def test_a_request_folded_into_a_waiting_job_outlives_its_queue_bound(
+    engine: Engine, emulator: EmulatorHandle
+) -> None:
+    # Job J's message is somewhere in a backlog: the sweep re-publishes J only at its first run
+    # after J's expected start plus the queue bound, and the request folded into J must still be
+    # pending then (its marker and dirty flag lapsed just before that sweep, and a continuation
+    # re-published then ran without its follow-up: a copy short in the chaos test).
+    store_id, _ = connect_store(engine, emulator, Provider.GMAIL)
+    with recovery_settings():
+        flight, settings = sync_flight(), get_settings()
+        job_id = uuid.uuid4()
+        assert flight.request(str(store_id), str(job_id))
+        create_job(store_id, SyncTrigger.MANUAL, job_id, celery_task_id=str(uuid.uuid4()))
+        assert request_sync(store_id) is None  # folded into J
+
+        time.sleep(settings.sync_queue_bound_s + settings.sync_recovery_sweep_s)
+
+        assert flight.holder(str(store_id)) == str(job_id)  # still pending when the sweep runs
+        with engine.begin() as conn:  # J is not run here: it must not be recovered later
+            conn.execute(
+                text("UPDATE sync_jobs SET status = 'failed' WHERE id = :id"), {"id": job_id}
+            )
+        assert flight.release(str(store_id), str(job_id), "follow-up") is True  # fold intact
+        flight.cancel(str(store_id), "follow-up")
