@@ -1,4 +1,6 @@
-"""Gmail API adapter over httpx: full listing, history, watch/stop, Gmail's errors mapped."""
+"""Gmail API adapter over httpx: full listing, history, watch/stop; every call through the
+call guard. Gmail's answers (errors, message and history payloads) are read in
+``providers.gmail_answers``; the batch wire format is ``providers.gmail_batch``."""
 
 from __future__ import annotations
 
@@ -16,35 +18,21 @@ from providers.base import (
     CallGuard,
     ChangesPage,
     FullPage,
-    LabelChange,
     RemoteMessage,
     Subscription,
     UnreadableItem,
-    from_epoch_ms,
-    lenient,
     no_guard,
     optional_text,
     required_id,
     resolve_costs,
-    text_items,
-    unreadable_item,
 )
-from providers.errors import (
-    CursorExpired,
-    ProviderError,
-    ProviderPayloadError,
-    ProviderRequestError,
-    ProviderThrottled,
-    ProviderUnavailable,
-    error_body,
-    error_code,
-    error_message,
-    payload_errors,
-    request_error_status,
-)
+from providers.errors import ProviderPayloadError, payload_errors, request_error_status
+from providers.gmail_answers import PROVIDER, classify, parse_message, read_history, ref_id
 from providers.oauth import DEFAULT_TIMEOUT, OAuthCredentials, OAuthSession
 
-PROVIDER = "gmail"
+# classify and parse_message are read from here too (providers.gmail is the adapter's face).
+__all__ = ["GMAIL_COSTS", "PROVIDER", "GmailClient", "classify", "parse_message"]
+
 #: Gmail API root.
 GMAIL_BASE_URL = "https://gmail.googleapis.com"
 #: Google's OAuth token endpoint.
@@ -63,8 +51,6 @@ GMAIL_COSTS: Mapping[str, int] = MappingProxyType(
 )
 #: Largest page Gmail serves for messages.list and history.list.
 MAX_PAGE_SIZE = 500
-#: 403 reasons that mean "slow down", not "forbidden".
-THROTTLE_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded", "dailyLimitExceeded"})
 #: History record types fetched by default.
 HISTORY_TYPES = ("messageAdded", "messageDeleted", "labelAdded", "labelRemoved")
 #: ``messages.get`` statuses about the one message, not the call: gone since it was listed
@@ -74,108 +60,6 @@ GONE_STATUSES = frozenset({404, 410})
 BAD_ITEM_STATUSES = frozenset({400})
 #: Inner answers of a batch read per message (success, gone, refused); others fail the batch.
 ITEM_STATUSES = frozenset(range(200, 300)) | GONE_STATUSES | BAD_ITEM_STATUSES
-
-
-def _reasons(response: httpx.Response) -> list[str]:
-    error = error_body(response).get("error")
-    errors = error.get("errors") if isinstance(error, dict) else None
-    if not isinstance(errors, list):
-        return []
-    return [str(e["reason"]) for e in errors if isinstance(e, dict) and "reason" in e]
-
-
-def classify(operation: str, response: httpx.Response) -> ProviderError:
-    """Map a non-2xx Gmail answer onto the providers' error family.
-
-    Retry-After is not read here: ``OAuthSession`` puts it on whatever error this returns.
-    """
-    status, reasons = response.status_code, _reasons(response)
-    code = reasons[0] if reasons else error_code(response)
-    message = f"{operation}: {error_message(response)}"
-    throttle_reason = next((r for r in reasons if r in THROTTLE_REASONS), None)
-    if status == 429 or (status == 403 and throttle_reason):
-        return ProviderThrottled(
-            message, provider=PROVIDER, status=status, code=throttle_reason or code
-        )
-    if status == 404 and operation == "history.list":
-        return CursorExpired(message, provider=PROVIDER, status=status, code=code)
-    if status >= 500 or status == 408:
-        return ProviderUnavailable(message, provider=PROVIDER, status=status, code=code)
-    return ProviderRequestError(message, provider=PROVIDER, status=status, code=code)
-
-
-def _header(payload: Any, name: str) -> Any:
-    headers = payload.get("headers") if isinstance(payload, Mapping) else None
-    for header in headers if isinstance(headers, list) else []:
-        if isinstance(header, Mapping) and str(header.get("name", "")).lower() == name.lower():
-            return header.get("value")
-    return None
-
-
-def _size(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-def parse_message(body: Mapping[str, Any]) -> RemoteMessage:
-    """A ``messages.get`` (format=metadata) answer as a RemoteMessage.
-
-    Raises ProviderPayloadError without a usable ``id``; any other field Gmail sends in a
-    shape we cannot read is left empty and named in ``unreadable`` (one odd message must not
-    fail its page).
-    """
-    message_id = required_id(body.get("id"), PROVIDER, "messages.get")
-    unreadable: list[str] = []
-    thread_id = lenient(optional_text, body.get("threadId"), "thread_id", unreadable)
-    labels = text_items(body.get("labelIds"), "labels", unreadable)
-    subject = lenient(optional_text, _header(body.get("payload"), "Subject"), "subject", unreadable)
-    sender = lenient(optional_text, _header(body.get("payload"), "From"), "sender", unreadable)
-    received_at = lenient(from_epoch_ms, body.get("internalDate"), "received_at", unreadable)
-    size = lenient(_size, body.get("sizeEstimate"), "size_bytes", unreadable)
-    return RemoteMessage(
-        provider_message_id=message_id,
-        thread_id=thread_id,
-        labels=labels,
-        subject=subject,
-        sender=sender,
-        received_at=received_at,
-        size_bytes=size,
-        version=str(body["historyId"]) if body.get("historyId") is not None else None,
-        unreadable=tuple(unreadable),
-    )
-
-
-def _ref_id(ref: Any, unreadable: list[UnreadableItem]) -> str | None:
-    """The id of a ``messages.list`` entry; None, the entry set aside, when it has none."""
-    try:
-        return required_id(ref.get("id") if isinstance(ref, Mapping) else None, PROVIDER, "ref")
-    except ProviderPayloadError as exc:
-        unreadable.append(unreadable_item(ref, type(exc).__name__, f"messages.list: {exc}"))
-        return None
-
-
-def _history_ids(record: Any, kind: str, unreadable: list[UnreadableItem]) -> list[str]:
-    """The message ids of one kind of a history record; items without one are set aside."""
-    ids = []
-    for item in record.get(kind) or []:
-        message = item.get("message") if isinstance(item, Mapping) else None
-        raw = message.get("id") if isinstance(message, Mapping) else None
-        try:
-            ids.append(required_id(raw, PROVIDER, f"history.list {kind}"))
-        except ProviderPayloadError as exc:
-            unreadable.append(unreadable_item(item, type(exc).__name__, str(exc)))
-    return ids
-
-
-def _label_changes(record: Any, unreadable: list[UnreadableItem]) -> list[LabelChange]:
-    """The label-only changes of one history record, in order; odd label lists kept partial."""
-    changes = []
-    for kind in ("labelsAdded", "labelsRemoved"):
-        for item in record.get(kind) or []:
-            for message_id in _history_ids({kind: [item]}, kind, unreadable):
-                labels = text_items(item.get("labelIds"), "labels", [])
-                added, removed = (labels, ()) if kind == "labelsAdded" else ((), labels)
-                changes.append(LabelChange(message_id, added=added, removed=removed))
-    return changes
 
 
 class GmailClient:
@@ -353,7 +237,7 @@ class GmailClient:
         body = self._call("messages.list", "GET", "messages", params=params)
         unreadable: list[UnreadableItem] = []
         with payload_errors(PROVIDER, "messages.list"):
-            refs = [_ref_id(ref, unreadable) for ref in body.get("messages") or []]
+            refs = [ref_id(ref, unreadable) for ref in body.get("messages") or []]
             next_token = optional_text(body.get("nextPageToken"))
         messages: list[RemoteMessage] = []
         for fetched in self.get_messages([i for i in refs if i is not None]):
@@ -373,25 +257,11 @@ class GmailClient:
         if page_token:
             params.append(("pageToken", page_token))
         body = self._call("history.list", "GET", "history", params=params)
-        added: dict[str, None] = {}
-        deleted: dict[str, None] = {}
-        label_changes: list[LabelChange] = []
-        unreadable: list[UnreadableItem] = []
-        with payload_errors(PROVIDER, "history.list"):
-            for record in body.get("history") or []:
-                for message_id in _history_ids(record, "messagesAdded", unreadable):
-                    added[message_id] = None
-                    deleted.pop(message_id, None)
-                for message_id in _history_ids(record, "messagesDeleted", unreadable):
-                    deleted[message_id] = None
-                    added.pop(message_id, None)
-                label_changes += _label_changes(record, unreadable)
-            next_token = optional_text(body.get("nextPageToken"))
-            new_cursor: str | None = None
-            if not next_token:
-                new_cursor = required_id(body.get("historyId"), PROVIDER, "historyId")
+        history = read_history(body)
+        deleted, unreadable = history.deleted, history.unreadable
         upserts: list[RemoteMessage] = []
-        for message_id, message in zip(added, self.get_messages(list(added)), strict=True):
+        added = list(history.added)
+        for message_id, message in zip(added, self.get_messages(added), strict=True):
             if message is None:
                 deleted[message_id] = None
             elif isinstance(message, UnreadableItem):
@@ -399,13 +269,13 @@ class GmailClient:
             else:
                 upserts.append(message)
         fetched = set(added) | set(deleted)
-        label_changes = [c for c in label_changes if c.provider_message_id not in fetched]
+        label_changes = [c for c in history.label_changes if c.provider_message_id not in fetched]
         return ChangesPage(
             upserts=upserts,
             deleted_ids=list(deleted),
             label_changes=label_changes,
-            next_page_token=next_token,
-            cursor=new_cursor,
+            next_page_token=history.next_page_token,
+            cursor=history.cursor,
             unreadable=unreadable,
         )
 
