@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import enum
 import uuid
+from typing import Any
 
+from models import SyncJobStatus
 from safeguards.single_flight import Claim
-from tasks.sync.jobs import owns
-from tasks.sync.requests import sync_flight
+from syncguard.settings import get_settings
+from tasks import app
+from tasks.sync.jobs import has_ended, owns, set_status, starts_in
+from tasks.sync.requests import SYNC_TASK, sync_flight
 
 
 class Hold(enum.Enum):
@@ -82,3 +86,26 @@ def hand_over(store_id: uuid.UUID, job_id: uuid.UUID, task_id: str, next_task_id
 def drop(store_id: uuid.UUID, job_id: uuid.UUID, task_id: str) -> None:
     """Give back this message's lease, if it holds it (it turned out stale)."""
     sync_flight().drop(str(store_id), lease_token(job_id, task_id))
+
+
+def held_by_ended_job(store_id: uuid.UUID) -> bool:
+    """True when the lease is held under a job the ledger says has ended.
+
+    That hold is a message whose process died holding it after its job ended elsewhere (a
+    stale message gives its lease back, see ``hold``): it never releases, so a run folded into
+    it would never get its follow-up. A turned-away ``claim`` names the holder's job as pending.
+    """
+    holder = sync_flight().holder(str(store_id))
+    return holder is not None and has_ended(holder)
+
+
+def wait_out_hold(store_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any]:
+    """Re-publish the job to start once the stray hold's lease has lapsed (at most a lease)."""
+    delay_s, next_id = get_settings().sync_lease_s, str(uuid.uuid4())
+    set_status(job_id, SyncJobStatus.QUEUED, celery_task_id=next_id, eta=starts_in(delay_s))
+    sync_flight().requeue(str(store_id), str(job_id), delay_s)
+    kwargs = {"job_id": str(job_id)}
+    app.send_task(
+        SYNC_TASK, args=[str(store_id)], kwargs=kwargs, task_id=next_id, countdown=delay_s
+    )
+    return {"job_id": str(job_id), "waiting_for_lease": True}

@@ -34,14 +34,13 @@ from tasks.sync.ending import end_job, record_job
 from tasks.sync.jobs import (
     archived_entry,
     count_deferral,
-    has_ended,
     is_stale_message,
     job_for_task,
     set_status,
     start_job,
     starts_in,
 )
-from tasks.sync.lease import Hold, drop, hand_over, hold, keep
+from tasks.sync.lease import Hold, drop, hand_over, held_by_ended_job, hold, keep, wait_out_hold
 from tasks.sync.mailbox_copy import (
     database_now,
     delete_messages,
@@ -152,8 +151,8 @@ def sync_store(self: SyncTask, store_id: str, job_id: str | None = None) -> dict
     if held is Hold.STALE:  # the sweep handed the job to another message meanwhile
         return {"job_id": str(job.id), "stale": True, "found_at": "lease"}
     if held is Hold.BUSY:
-        if _held_by_ended_job(store_uuid):
-            return _wait_out_hold(store_id, job.id)
+        if held_by_ended_job(store_uuid):
+            return wait_out_hold(store_uuid, job.id)
         set_status(job.id, SyncJobStatus.SUCCEEDED, error_message="coalesced into a running sync")
         return {"job_id": str(job.id), "coalesced": True}
     store = _load_store(store_uuid)
@@ -280,27 +279,6 @@ class SyncRun:
                 .where(Store.id == self.store.id)
                 .values(sync_cursor=cursor, cursor_updated_at=func.now(), last_synced_at=func.now())
             )
-
-
-def _held_by_ended_job(store_id: uuid.UUID) -> bool:
-    """True when the lease is held under a job the ledger says has ended.
-
-    That hold is a message the recovery sweep superseded (it passed ``start_job`` and took the
-    lease only after the job's new message had finished it): it never releases, so a run folded
-    into it would never get its follow-up. A failed ``acquire`` names the holder as pending.
-    """
-    holder = sync_flight().holder(str(store_id))
-    return holder is not None and has_ended(holder)
-
-
-def _wait_out_hold(store_id: str, job_id: uuid.UUID) -> dict[str, Any]:
-    """Re-publish the job to start once the stray hold's lease has lapsed (at most a lease)."""
-    delay_s, next_id = get_settings().sync_lease_s, str(uuid.uuid4())
-    set_status(job_id, SyncJobStatus.QUEUED, celery_task_id=next_id, eta=starts_in(delay_s))
-    sync_flight().requeue(store_id, str(job_id), delay_s)
-    kwargs = {"job_id": str(job_id)}
-    sync_store.apply_async(args=[store_id], kwargs=kwargs, task_id=next_id, countdown=delay_s)
-    return {"job_id": str(job_id), "waiting_for_lease": True}
 
 
 def _load_store(store_id: uuid.UUID) -> Store:
