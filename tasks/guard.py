@@ -33,6 +33,7 @@ from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.limiter import get_rate_limiter
 from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
 from syncguard.settings import get_settings
+from tasks.provider_apps import app_quota
 from tasks.trace_events import guard_decision
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,14 @@ def guarded_call(
     One Redis round trip before the call (``safeguards.admission.admit_call``, which also
     carries the scope's deferred successes); after it, a success without a half-open trial is
     deferred (``defer_success``), any other outcome settled in one round trip; a provider
-    throttle adds one. Raises CircuitOpen / RateLimited when refused; re-raises the call's own
-    error after recording it, converted to its CallFailure when ``classify`` recognises it.
+    throttle adds one. The provider app's quota is spent first (``tasks.provider_apps``: in
+    process but once per leased block). Raises CircuitOpen / RateLimited when refused; re-raises
+    the call's own error after recording it, converted to its CallFailure when ``classify``
+    recognises it.
     """
     try:
-        admitted = _admit(scope, operation, cost)
+        with app_quota(scope, operation, cost):  # the provider app's quota, then the store's
+            admitted = _admit(scope, operation, cost)
     except Refused as refused:
         guard_decision(scope, operation, refused)  # an event on the task's trace span
         raise
