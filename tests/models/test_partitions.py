@@ -189,3 +189,43 @@ def test_the_downgrade_to_0007_keeps_every_row_and_the_upgrade_runs_again(
     upgrade(migrated["url"])
     with admin.connect() as conn:
         assert _snapshot(conn) == before
+
+
+def test_the_seed_metrics_query_runs_verbatim_and_scans_only_the_last_hours_partitions(
+    migrated: dict[str, Any],
+) -> None:
+    from tests.models.test_seed_status_sql import SEED_QUERIES
+
+    alpha = migrated["tenants"][0][0]
+    sql = SEED_QUERIES["metrics"].replace("your-business-id", str(alpha))
+    with migrated["admin"].connect() as conn:
+        rows = conn.execute(text(sql)).all()
+        plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar_one()
+        days = len(leaves(conn, "system_health_metrics"))
+        today = conn.execute(text("SELECT CAST(now() AT TIME ZONE 'UTC' AS date)")).scalar_one()
+    scanned = {name for name in _relations(plan) if name != "system_health_metrics_default"}
+    # The last hour lies in today's partition (and yesterday's, just after midnight); the days
+    # ahead are empty. Every older day is pruned when the executor starts (NOW() is stable).
+    first = f"system_health_metrics_p{today - timedelta(days=1):%Y%m%d}"
+    assert rows and scanned and min(scanned) >= first, scanned
+    assert days - len(scanned) >= 8 and _subplans_removed(plan) >= days - len(scanned) - 1
+
+
+def _relations(plan: Any) -> Iterator[str]:
+    if isinstance(plan, dict):
+        if "Relation Name" in plan:
+            yield plan["Relation Name"]
+        for value in plan.values():
+            yield from _relations(value)
+    elif isinstance(plan, list):
+        for item in plan:
+            yield from _relations(item)
+
+
+def _subplans_removed(plan: Any) -> int:
+    if isinstance(plan, dict):
+        own = int(plan.get("Subplans Removed", 0))
+        return own + sum(_subplans_removed(v) for v in plan.values())
+    if isinstance(plan, list):
+        return sum(_subplans_removed(item) for item in plan)
+    return 0
