@@ -27,8 +27,13 @@ COLLECT_METRICS_EVERY_S = get_settings().metrics_collect_interval_s
 #: How often every alert rule is evaluated, seconds.
 EVALUATE_ALERTS_EVERY_S = 60.0
 
-#: How often every active store gets a reconciliation sync, seconds (a setting).
-RECONCILE_STORES_EVERY_S = get_settings().reconciliation_interval_s
+#: Reconciliation runs this many times per ``reconciliation_interval_s``, each requesting only
+#: the stores not synced for the interval minus one period (tasks/sync/reconcile.py): every store
+#: is still read once per interval, and the work is spread evenly instead of arriving at once.
+RECONCILE_SLICES = 5
+
+#: How often reconciliation looks for stores due for a sync, seconds (a setting / slices).
+RECONCILE_STORES_EVERY_S = get_settings().reconciliation_interval_s / RECONCILE_SLICES
 
 #: How often the recovery sweep re-publishes sync jobs a dead worker or a lost message left
 #: behind, seconds (a setting: part of the recovery bound, see tasks/recovery.py).

@@ -1,8 +1,8 @@
 """Webhook subscription health: a pure 0..1 score and named failure patterns, then their storage.
 
 The algorithm (``health_score``, ``detect_patterns``, ``assess``) is pure and takes plain numbers;
-``gather_inputs`` reads them for one subscription with a few indexed queries and
-``record_subscription_health`` writes the reading to ``webhook_health_log``.
+``gather_chunk`` reads them for a chunk of subscriptions in one statement and
+``record_health_chunk`` writes the chunk's readings to ``webhook_health_log`` in one more.
 """
 
 from __future__ import annotations
@@ -14,18 +14,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from models import (
-    Direction,
-    Provider,
-    SyncJob,
-    SyncJobStatus,
-    WebhookDeliveryLog,
-    WebhookHealthLog,
-    WebhookSubscription,
-)
+from models import Provider, WebhookHealthLog
 from syncguard.db import session_or_new
 from syncguard.settings import Settings, get_settings
 
@@ -215,52 +207,147 @@ def _seconds(later: datetime, earlier: datetime | None) -> float | None:
     return None if earlier is None else (later - earlier).total_seconds()
 
 
-def gather_inputs(
-    session: Session, sub: WebhookSubscription, now: datetime, window_s: float
-) -> HealthInputs:
-    """Read one subscription's inputs: three queries on (store_id, created_at|status) indexes."""
-    inbound = (
-        WebhookDeliveryLog.store_id == sub.store_id,
-        WebhookDeliveryLog.direction == Direction.INBOUND,
-    )
-    since = now - timedelta(seconds=window_s)
-    recent = session.execute(
-        select(WebhookDeliveryLog.success, WebhookDeliveryLog.error_message)
-        .where(*inbound, WebhookDeliveryLog.created_at >= since)
-        .order_by(WebhookDeliveryLog.created_at.desc())
-        .limit(PATTERN_SAMPLE)
-    ).all()
-    total, failed, last_delivery = session.execute(
-        select(
-            func.count().filter(WebhookDeliveryLog.created_at >= since),
-            func.count().filter(
-                WebhookDeliveryLog.created_at >= since, ~WebhookDeliveryLog.success
-            ),
-            func.max(WebhookDeliveryLog.created_at),
-        ).where(*inbound)
-    ).one()
-    last_change = session.execute(
-        select(func.max(SyncJob.finished_at)).where(
-            SyncJob.store_id == sub.store_id,
-            SyncJob.status == SyncJobStatus.SUCCEEDED,
-            SyncJob.messages_upserted + SyncJob.messages_deleted > 0,
-        )
-    ).scalar_one()
-    heard = max((t for t in (sub.last_notification_at, last_delivery) if t), default=None)
-    reference = heard or sub.created_at
-    return HealthInputs(
-        deliveries_total=int(total),
-        deliveries_failed=int(failed),
-        seconds_to_expiry=_seconds(sub.expires_at, now) if sub.expires_at else None,
-        renewal_failures=sub.consecutive_renewal_failures,
-        recent_outcomes=[bool(row.success) for row in recent],
-        error_messages=[
-            row.error_message for row in recent if not row.success and row.error_message
-        ],
-        seconds_since_renewal=_seconds(now, sub.last_renewed_at or sub.created_at),
+#: Subscriptions read, scored and logged per statement pair (one SELECT, one multi-row INSERT).
+CHUNK = 1_000
+
+#: One chunk of live subscriptions (keyset after ``:after``, or the ids ``:ids``) with every
+#: input of their health, in one statement: LATERAL probes on the (store_id, created_at) and
+#: (store_id, status) indexes, so its cost grows with the chunk, not with the history.
+_INPUTS = """
+SELECT s.id, s.store_id, s.provider, s.status, s.expires_at, s.consecutive_renewal_failures,
+       s.last_renewed_at, s.created_at, s.last_notification_at,
+       coalesce(w.total, 0) AS total, coalesce(w.failed, 0) AS failed,
+       r.outcomes, r.errors,
+       h.last_delivery, j.last_change
+FROM webhook_subscriptions s
+LEFT JOIN LATERAL (
+    SELECT count(*) AS total, count(*) FILTER (WHERE NOT d.success) AS failed
+    FROM webhook_delivery_log d
+    WHERE d.store_id = s.store_id AND d.direction = 'inbound' AND d.created_at >= :since
+          AND d.created_at <= :now
+) w ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(r.success ORDER BY r.created_at DESC) AS outcomes,
+           array_agg(r.error_message ORDER BY r.created_at DESC)
+               FILTER (WHERE NOT r.success AND r.error_message <> '') AS errors
+    FROM (
+        SELECT d.success, d.error_message, d.created_at FROM webhook_delivery_log d
+        WHERE d.store_id = s.store_id AND d.direction = 'inbound' AND d.created_at >= :since
+          AND d.created_at <= :now
+        ORDER BY d.created_at DESC LIMIT {sample}
+    ) r
+) r ON true
+LEFT JOIN LATERAL (
+    SELECT d.created_at AS last_delivery FROM webhook_delivery_log d
+    WHERE d.store_id = s.store_id AND d.direction = 'inbound' AND d.created_at >= :horizon
+      AND d.created_at <= :now
+    ORDER BY d.store_id, d.created_at DESC LIMIT 1
+) h ON true
+LEFT JOIN LATERAL (
+    SELECT max(j.finished_at) AS last_change FROM sync_jobs j
+    WHERE j.store_id = s.store_id AND j.status = 'succeeded'
+      AND j.messages_upserted + j.messages_deleted > 0
+) j ON true
+WHERE s.status IN ('active', 'expired') AND {where}
+ORDER BY s.id
+LIMIT :limit
+"""
+
+
+@dataclass(frozen=True)
+class SubscriptionInputs:
+    """One subscription's identity and its health inputs, as one chunk row gives them."""
+
+    subscription_id: uuid.UUID
+    store_id: uuid.UUID
+    provider: Provider
+    status: str
+    inputs: HealthInputs
+
+
+def _statement(where: str) -> Any:
+    return text(_INPUTS.format(sample=PATTERN_SAMPLE, where=where))
+
+
+_BY_KEYSET = _statement("s.id > :after AND s.id <= :last")
+_BY_IDS = _statement("s.id = ANY(:ids)")
+
+
+def gather_chunk(
+    session: Session,
+    now: datetime,
+    window_s: float,
+    *,
+    after: uuid.UUID | None = None,
+    last: uuid.UUID | None = None,
+    ids: Sequence[uuid.UUID] | None = None,
+    limit: int = CHUNK,
+    horizon_s: float | None = None,
+) -> list[SubscriptionInputs]:
+    """The next ``limit`` live subscriptions with ``after < id <= last``, or those in ``ids``, each
+    with its inputs; one statement. ``window_s``: the delivery window, seconds.
+
+    The last inbound delivery is looked up only ``horizon_s`` back (default twice the longer of
+    the window and ``health_silent_after_s``), so the lookup touches recent partitions only;
+    a store silent for longer reads as heard last at its subscription's last notification or
+    creation, which is past the silence threshold either way unless the subscription is new.
+    """
+    if horizon_s is None:
+        horizon_s = 2 * max(window_s, float(get_settings().health_silent_after_s))
+    params: dict[str, Any] = {
+        "since": now - timedelta(seconds=window_s),
+        "horizon": now - timedelta(seconds=horizon_s),
+        # An upper bound too, so partitions created ahead of time are pruned from every probe.
+        "now": now,
+        "limit": limit,
+    }
+    if ids is not None:
+        statement, params["ids"] = _BY_IDS, list(ids)
+    else:
+        statement, params["after"] = _BY_KEYSET, after or uuid.UUID(int=0)
+        params["last"] = last or uuid.UUID(int=(1 << 128) - 1)
+    return [_inputs_of(row, now) for row in session.execute(statement, params)]
+
+
+def _inputs_of(row: Any, now: datetime) -> SubscriptionInputs:
+    heard = max((t for t in (row.last_notification_at, row.last_delivery) if t), default=None)
+    reference = heard or row.created_at
+    inputs = HealthInputs(
+        deliveries_total=int(row.total),
+        deliveries_failed=int(row.failed),
+        seconds_to_expiry=_seconds(row.expires_at, now) if row.expires_at else None,
+        renewal_failures=row.consecutive_renewal_failures,
+        recent_outcomes=[bool(x) for x in row.outcomes or ()],
+        error_messages=list(row.errors or ()),
+        seconds_since_renewal=_seconds(now, row.last_renewed_at or row.created_at),
         seconds_since_notification=_seconds(now, reference),
-        mailbox_changed_since_notification=last_change is not None and last_change > reference,
+        mailbox_changed_since_notification=row.last_change is not None
+        and row.last_change > reference,
     )
+    return SubscriptionInputs(row.id, row.store_id, Provider(row.provider), row.status, inputs)
+
+
+def record_health_chunk(
+    session: Session,
+    now: datetime,
+    *,
+    after: uuid.UUID | None = None,
+    last: uuid.UUID | None = None,
+    ids: Sequence[uuid.UUID] | None = None,
+    limit: int = CHUNK,
+    settings: Settings | None = None,
+) -> list[tuple[SubscriptionInputs, HealthReading]]:
+    """Score one chunk (see ``gather_chunk``) and append its readings to ``webhook_health_log``
+    in one multi-row INSERT; returns each subscription with its reading, in id order."""
+    s = settings or get_settings()
+    gathered = gather_chunk(
+        session, now, s.health_window_s, after=after, last=last, ids=ids, limit=limit
+    )
+    thresholds = {p: thresholds_for(p, s) for p in {g.provider for g in gathered}}
+    readings = [(g, assess(g.inputs, thresholds[g.provider])) for g in gathered]
+    if readings:
+        session.execute(insert(WebhookHealthLog), [_row(g, r, now) for g, r in readings])
+    return readings
 
 
 def record_subscription_health(
@@ -269,32 +356,26 @@ def record_subscription_health(
     now: datetime | None = None,
     session: Session | None = None,
 ) -> HealthReading | None:
-    """Compute one subscription's health and append it to ``webhook_health_log`` (None: gone)."""
-    settings = get_settings()
+    """Compute one subscription's health and append it to ``webhook_health_log`` (None: gone or
+    not live)."""
     with session_or_new(session) as s:
-        sub = s.get(WebhookSubscription, subscription_id)
-        if sub is None:
-            return None
         moment = now or s.execute(select(func.now())).scalar_one()
-        inputs = gather_inputs(s, sub, moment, settings.health_window_s)
-        reading = assess(inputs, thresholds_for(sub.provider, settings))
-        s.execute(insert(WebhookHealthLog).values(**_row(sub, inputs, reading, moment)))
-    return reading
+        found = record_health_chunk(s, moment, ids=[subscription_id], limit=1)
+    return found[0][1] if found else None
 
 
-def _row(
-    sub: WebhookSubscription, inputs: HealthInputs, reading: HealthReading, moment: datetime
-) -> dict[str, Any]:
+def _row(g: SubscriptionInputs, reading: HealthReading, moment: datetime) -> dict[str, Any]:
+    inputs = g.inputs
     expiry = inputs.seconds_to_expiry
     details = {
         "components": reading.components,
         "inputs": {k: v for k, v in asdict(inputs).items() if k not in _LIST_INPUTS},
         "most_common_error": repeated_error(inputs.error_messages, 1),
-        "status": sub.status.value,
+        "status": g.status,
     }
     return {
-        "subscription_id": sub.id,
-        "store_id": sub.store_id,
+        "subscription_id": g.subscription_id,
+        "store_id": g.store_id,
         "health_score": reading.score,
         "success_rate": reading.success_rate,
         "deliveries_total": inputs.deliveries_total,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -51,10 +52,26 @@ def _redis_ping(redis_url: str) -> bool:
         return False
 
 
+#: Seconds one mirror run may spend on rate-limit usage before leaving the rest to the next run
+#: (the period is 5 s; each pass pops, reads and upserts up to ``FLUSH_BATCH`` stores).
+USAGE_BUDGET_S = 1.0
+
+
 @app.task(name="tasks.maintenance.mirror_safeguard_state")  # type: ignore[untyped-decorator]
 def mirror_safeguard_state() -> dict[str, int]:
-    """Mirror rate-limit usage and circuit counters from Redis into their tables."""
-    return {"rate_limits": flush_usage_to_postgres(), "circuits": flush_stats_to_postgres()}
+    """Mirror what changed since the last run, rate-limit usage and circuits, into their tables.
+
+    Both read only their dirty sets (stores touched, circuits changed) in fixed-size chunks: one
+    pipelined Redis round trip and one multi-row upsert per chunk, until the set is empty or the
+    run's budget is spent. Returns rows written per kind.
+    """
+    rate_limits, started = 0, time.monotonic()
+    while time.monotonic() - started < USAGE_BUDGET_S:
+        written = flush_usage_to_postgres()
+        rate_limits += written
+        if written == 0:
+            break
+    return {"rate_limits": rate_limits, "circuits": flush_stats_to_postgres()}
 
 
 @app.task(name="tasks.maintenance.collect_metrics")  # type: ignore[untyped-decorator]

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import redis
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, select, text
 
 from models import (
     FailedJobArchive,
@@ -29,14 +32,21 @@ from models import (
 )
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.redis_state import get_redis, key
-from safeguards.webhook_health import record_subscription_health
+from safeguards.webhook_health import CHUNK, record_health_chunk
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
-from tasks.subscriptions import current_health, due_for_renewal, live_subscription_ids, mark_expired
+from tasks.queues import MAINTENANCE
+from tasks.subscriptions import current_health, due_for_renewal, mark_expired
 from tasks.webhooks import create_subscription, renew_subscription
 
 log = logging.getLogger(__name__)
+
+#: The next chunk of live subscription ids after ``:after`` (keyset on the primary key).
+_LIVE_AFTER = text(
+    "SELECT id FROM webhook_subscriptions WHERE status IN ('active', 'expired') AND id > :after"
+    " ORDER BY id LIMIT :limit"
+)
 
 
 #: Statuses of a row that stands for the store's subscription: nothing to create.
@@ -48,11 +58,17 @@ _PRESENT = (
 )
 
 
-def _fresh_marker(kind: str, ident: uuid.UUID) -> bool:
-    """Set the cooldown marker of ``kind`` for ``ident``; True unless one was already set."""
+def _fresh_markers(kind: str, idents: Sequence[uuid.UUID]) -> list[bool]:
+    """Set the cooldown marker of ``kind`` for each ident (one pipelined round trip); True for
+    each that had none."""
+    if not idents:
+        return []
     cooldown_s = get_settings().renewal_request_cooldown_s
     try:
-        return bool(get_redis().set(key(kind, str(ident)), 1, nx=True, ex=cooldown_s))
+        pipe = get_redis().pipeline(transaction=False)
+        for ident in idents:
+            pipe.set(key(kind, str(ident)), 1, nx=True, ex=cooldown_s)
+        return [bool(fresh) for fresh in pipe.execute()]
     except redis.RedisError as exc:
         # A duplicate request is harmless; a lost one is not: enqueue without the marker.
         record_metric(
@@ -62,15 +78,21 @@ def _fresh_marker(kind: str, ident: uuid.UUID) -> bool:
             tags={"safeguard": "renewal_marker"},
         )
         log.warning("%s marker unavailable, enqueueing anyway: %s", kind, exc)
-        return True
+        return [True] * len(idents)
+
+
+def request_renewals(subscription_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Enqueue a renewal of each subscription not requested within the cooldown; those enqueued."""
+    fresh = _fresh_markers("subscription-renewal", subscription_ids)
+    enqueued = [sid for sid, ok in zip(subscription_ids, fresh, strict=True) if ok]
+    for sid in enqueued:
+        renew_subscription.delay(str(sid))
+    return enqueued
 
 
 def request_renewal(subscription_id: uuid.UUID) -> bool:
     """Enqueue one renewal unless one was requested within the cooldown; True if enqueued."""
-    fresh = _fresh_marker("subscription-renewal", subscription_id)
-    if fresh:
-        renew_subscription.delay(str(subscription_id))
-    return fresh
+    return bool(request_renewals([subscription_id]))
 
 
 def stores_without_subscription() -> list[uuid.UUID]:
@@ -101,11 +123,11 @@ def stores_without_subscription() -> list[uuid.UUID]:
 
 def create_missing_subscriptions() -> list[str]:
     """Enqueue ``create_subscription`` for each store without one, once per cooldown each."""
-    enqueued = []
-    for store_id in stores_without_subscription():
-        if _fresh_marker("subscription-create", store_id):
-            create_subscription.delay(str(store_id))
-            enqueued.append(str(store_id))
+    missing = stores_without_subscription()
+    fresh = _fresh_markers("subscription-create", missing)
+    enqueued = [str(sid) for sid, ok in zip(missing, fresh, strict=True) if ok]
+    for store_id in enqueued:
+        create_subscription.delay(store_id)
     if enqueued:
         log.warning("creating missing subscriptions of %d stores: %s", len(enqueued), enqueued)
         record_metric(MetricType.WEBHOOKS, "subscription_create_recovered", len(enqueued))
@@ -120,27 +142,51 @@ def renew_expiring_subscriptions() -> list[str]:
         mark_expired(session)
         now = session.execute(select(func.now())).scalar_one()
         due = due_for_renewal(session, now)
-    renewing = [str(sid) for sid in due if request_renewal(sid)]
+    renewing = [str(sid) for sid in request_renewals(due)]
     create_missing_subscriptions()
     return renewing
 
 
 @app.task(name="tasks.webhooks.check_subscription_health")  # type: ignore[untyped-decorator]
-def check_subscription_health() -> dict[str, int]:
-    """Log every live subscription's health; renew those that are unhealthy or expired."""
-    threshold = get_settings().health_renew_below
+def check_subscription_health() -> dict[str, Any]:
+    """Fan every live subscription's health check out to workers in id ranges of ``CHUNK``.
+
+    Marks expired rows, reads the database's time once (every reading of the run is stamped
+    with it), lists the live subscriptions' ids by keyset (one SELECT per chunk) and sends one
+    ``check_subscription_health_chunk`` per range to the maintenance queue. Returns
+    ``{"subscriptions": live ones found, "chunks": [the chunk tasks' ids]}``.
+    """
     with service_session() as session:
         mark_expired(session)
-        ids = live_subscription_ids(session)
-    checked = renewing = 0
-    for sid in ids:
-        reading = record_subscription_health(sid)
-        if reading is None:
-            continue
-        checked += 1
-        if reading.score < threshold and request_renewal(sid):
-            renewing += 1
-    return {"checked": checked, "renewing": renewing}
+        now = session.execute(select(func.now())).scalar_one()
+    chunks: list[str] = []
+    found, after = 0, uuid.UUID(int=0)
+    while True:
+        with service_session() as session:
+            ids = list(session.scalars(_LIVE_AFTER, {"after": after, "limit": CHUNK}))
+        if ids:
+            found += len(ids)
+            sent = check_subscription_health_chunk.apply_async(
+                args=[now.isoformat(), str(after), str(ids[-1])], queue=MAINTENANCE
+            )
+            chunks.append(sent.id)
+        if len(ids) < CHUNK:
+            return {"subscriptions": found, "chunks": chunks}
+        after = ids[-1]
+
+
+@app.task(name="tasks.webhooks.check_subscription_health_chunk")  # type: ignore[untyped-decorator]
+def check_subscription_health_chunk(now: str, after: str, last: str) -> dict[str, int]:
+    """Log the health of the live subscriptions with ``after < id <= last`` as of ``now`` (ISO
+    8601, the run's database time): one SELECT of all inputs, one multi-row INSERT; renew those
+    below ``health_renew_below``. Returns subscriptions checked and renewals enqueued."""
+    threshold = get_settings().health_renew_below
+    with service_session() as session:
+        readings = record_health_chunk(
+            session, datetime.fromisoformat(now), after=uuid.UUID(after), last=uuid.UUID(last)
+        )
+    unhealthy = [g.subscription_id for g, r in readings if r.score < threshold]
+    return {"checked": len(readings), "renewing": len(request_renewals(unhealthy))}
 
 
 def ensure_healthy_subscription(store_id: uuid.UUID | str) -> bool:
@@ -160,9 +206,11 @@ def ensure_healthy_subscription(store_id: uuid.UUID | str) -> bool:
 
 __all__ = [
     "check_subscription_health",
+    "check_subscription_health_chunk",
     "create_missing_subscriptions",
     "ensure_healthy_subscription",
     "renew_expiring_subscriptions",
     "request_renewal",
+    "request_renewals",
     "stores_without_subscription",
 ]

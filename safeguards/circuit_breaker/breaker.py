@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import atexit
 import logging
-import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from models.enums import CircuitState
-from safeguards.circuit_breaker.persistence import upsert_circuit_row
+from safeguards.circuit_breaker.dirty import MARKS, backstop_scan, dirty_key, parse_member
+from safeguards.circuit_breaker.persistence import upsert_circuit_row, upsert_circuit_rows
 from safeguards.circuit_breaker.states import (
     DEFAULT_CONFIG,
     CircuitBreakerConfig,
@@ -28,13 +29,12 @@ from safeguards.circuit_breaker.states import (
     CircuitId,
     CircuitStats,
     ScriptReply,
-    decode_text,
     parse_reply,
 )
 from safeguards.clock import SYSTEM_CLOCK, Clock
 from safeguards.deferred import DeferredOutcomes, Pending
 from safeguards.hot_script import evalsha
-from safeguards.redis_state import LuaScript, get_redis, key
+from safeguards.redis_state import LuaScript, get_redis, key, run_script_batch
 from safeguards.storable import storable_text
 from syncguard.settings import get_settings
 
@@ -42,6 +42,14 @@ logger = logging.getLogger(__name__)
 
 #: Seconds an untouched circuit's Redis keys live; the PostgreSQL row keeps its history.
 STATE_TTL_S = 7 * 24 * 3600
+#: Operations that may change a circuit's hash, so mark it for the mirror.
+_CHANGING = frozenset({"allow", "success", "failure", "ignored", "reset", "settle"})
+#: Circuits one mirror round trip and one upsert statement carry.
+FLUSH_CHUNK = 2_000
+#: Seconds one mirror run may spend before leaving the rest to the next run (period 5 s).
+FLUSH_BUDGET_S = 1.0
+#: Circuit keys the backstop scan looks at per mirror run.
+BACKSTOP_KEYS = 2_000
 #: Redis key kind of the state hash (the sliding window and trials use derived kinds).
 KEY_KIND = "circuit"
 #: The state machine; also included (as a Lua function) by ``safeguards.admission``'s scripts.
@@ -207,32 +215,46 @@ class CircuitBreaker:
         """The circuit's current state and counters, without changing anything."""
         return self._run(CircuitId(store_id, circuit_name, business_id), "peek").stats
 
-    def flush_stats_to_postgres(self) -> int:
-        """Write every circuit changed since the last flush to PostgreSQL; returns how many."""
-        flushed = 0
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", get_settings().redis_prefix) + KEY_KIND + ":*"
-        for raw_key in self.client.scan_iter(match=pattern, count=1000):
-            circuit = self._circuit_of(raw_key)
-            if circuit is None:
-                continue
-            reply = self._run(circuit, "snapshot")
-            if self._write(circuit, reply.stats):
-                flushed += 1
-            else:  # keep it for the next flush
-                self.client.hset(raw_key, "dirty", 1)
-        return flushed
+    def flush_stats_to_postgres(
+        self, *, chunk: int = FLUSH_CHUNK, budget_s: float = FLUSH_BUDGET_S
+    ) -> int:
+        """Write every circuit marked dirty since the last flush to PostgreSQL; returns how many.
 
-    def _circuit_of(self, raw_key: bytes | str) -> CircuitId | None:
-        store, business, name, dirty = self.client.hmget(
-            raw_key, ["store_id", "business_id", "circuit_name", "dirty"]
-        )
-        if name is None or dirty != b"1":
-            return None
-        return CircuitId(
-            uuid.UUID(decode_text(store)) if store else None,
-            decode_text(name),
-            uuid.UUID(decode_text(business)) if business else None,
-        )
+        Pops the dirty set (``safeguards.circuit_breaker.dirty``) ``chunk`` members at a time:
+        one pipelined snapshot per chunk (one round trip) and one multi-row upsert. Stops when
+        the set is empty or after ``budget_s`` seconds (the rest waits for the next run). A
+        failed upsert puts its chunk back and raises. Also advances the backstop scan a slice.
+        """
+        if not self.write_through:
+            return 0
+        MARKS.flush()  # this process's own marks first
+        backstop_scan(self.client, BACKSTOP_KEYS)
+        flushed, started = 0, time.monotonic()
+        while True:
+            popped = cast(list[bytes], self.client.spop(dirty_key(), chunk) or [])
+            circuits = list({c for c in map(parse_member, popped) if c is not None})
+            try:
+                flushed += upsert_circuit_rows(self._snapshots(circuits), self.engine)
+            except BaseException:
+                if popped:  # keep them for the next flush
+                    self.client.sadd(dirty_key(), *popped)
+                raise
+            if len(popped) < chunk or time.monotonic() - started > budget_s:
+                return flushed
+
+    def _snapshots(self, circuits: list[CircuitId]) -> list[tuple[CircuitId, CircuitStats]]:
+        """Each circuit's stats read (and its dirty flag cleared) in one pipelined round trip."""
+        if not circuits:
+            return []
+        # Pipelined per Cluster node (a cluster pipeline refuses EVALSHA).
+        calls = [self.script_call(circuit, "snapshot") for circuit in circuits]
+        replies = run_script_batch(self.client, SCRIPT, calls)
+        rows = []
+        for circuit, raw in zip(circuits, replies, strict=True):
+            reply = parse_reply(raw)
+            if "circuit_name" in reply.fields:  # else its keys expired: nothing to mirror
+                rows.append((circuit, reply.stats))
+        return rows
 
     def _run(
         self,
@@ -269,6 +291,8 @@ class CircuitBreaker:
         # The failure reason is often a provider's text: made storable, since a lone surrogate
         # cannot be encoded for Redis and a NUL cannot reach ``circuit_breaker_state``.
         reason = storable_text(failure_reason) if failure_reason else ""
+        if op in _CHANGING:  # the mirror's dirty set (no round trip: sent in batches)
+            MARKS.mark(self.client, circuit)
         return keys, [
             op,
             repr(self.clock.now()),

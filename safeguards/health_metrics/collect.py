@@ -24,6 +24,9 @@ from syncguard.settings import get_settings
 
 #: A store's rate-limit mirror older than this is idle and not reported, seconds.
 RATE_LIMIT_ACTIVE_S = 600
+#: A subscription's latest health reading is looked for this far back, seconds (Beat checks every
+#: minute; bounding the lookup lets PostgreSQL read only the recent partitions of the log).
+HEALTH_LOOKBACK_S = 3600
 
 #: Per-business gauges: name -> (metric type, unit, aggregate over the live rows).
 BUSINESS_GAUGES: dict[str, tuple[MetricType, str, str]] = {
@@ -68,6 +71,7 @@ _HEALTH = text(
     " GROUPING(s.business_id, s.id) AS level, avg(h.health_score) AS score"
     " FROM webhook_subscriptions s CROSS JOIN LATERAL ("
     "  SELECT health_score FROM webhook_health_log l WHERE l.subscription_id = s.id"
+    "  AND l.checked_at > :since AND l.checked_at <= :now"
     "  ORDER BY l.checked_at DESC LIMIT 1) h"
     " WHERE s.status = 'active'"
     " GROUP BY GROUPING SETS ((s.business_id, s.store_id, s.id), (s.business_id), ())"
@@ -203,9 +207,11 @@ def rate_limit_usage(session: Session, now: datetime) -> list[Metric]:
 
 
 def subscription_health(session: Session, now: datetime) -> list[Metric]:
-    """Latest score per live subscription, the average per business and overall."""
+    """Latest score (within ``HEALTH_LOOKBACK_S``) per live subscription, the average per
+    business and overall."""
     rows: list[Metric] = []
-    for r in session.execute(_HEALTH):
+    since = now - timedelta(seconds=HEALTH_LOOKBACK_S)
+    for r in session.execute(_HEALTH, {"since": since, "now": now}):
         if r.score is None:
             continue
         if r.level == 0:

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.result import AsyncResult
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import Engine, func, select, update
 
@@ -26,6 +27,7 @@ from providers.base import parse_datetime
 from providers.emulator.runner import EmulatorHandle, running_emulator, start_background
 from safeguards.webhook_health import RENEWAL_FAILING, record_subscription_health
 from syncguard.db import service_session
+from tasks import app
 from tasks.renewal import ensure_healthy_subscription, renew_expiring_subscriptions
 from tasks.sync.reconcile import reconcile_stores
 from tasks.webhooks import create_subscription, renew_subscription
@@ -246,7 +248,10 @@ def test_reconciliation_enqueues_one_sync_per_active_store(
     with service_session(engine) as session:
         session.execute(update(Store).where(Store.id == paused).values(status=StoreStatus.PAUSED))
 
-    assert reconcile_stores.delay().get(timeout=TIMEOUT_S) >= 2
+    sent = reconcile_stores.delay().get(timeout=TIMEOUT_S)
+    assert sent["stores"] >= 2  # both active stores never synced: stale
+    for chunk in sent["chunks"]:
+        AsyncResult(chunk, app=app).get(timeout=TIMEOUT_S)
 
     for store_id in active:
         jobs = jobs_of(engine, store_id)
