@@ -27,6 +27,7 @@ MODULES = [
     "bench.receiver",
     "bench.ingest",
     "bench.worker_memory",
+    "bench.scale",
 ]
 #: Interleaved rounds per benchmark (median of the per-round ratios).
 ROUNDS_FULL = 7
