@@ -128,7 +128,7 @@ def _transaction(
             )
             touch = gmail_watch_touch(store.id)  # the watch works, whatever the store's state
             if not store.syncable:
-                connection.execute(touch)
+                connection.execute(touch.statement, touch.params)
                 return store, None, []
             jobs: list[tuple[PlannedSync, SyncTrigger]] = []
             if together:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Update, delete, func, select, update
+from sqlalchemy import Connection, Update, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -82,24 +83,40 @@ def outlook_subscriptions(
     }
 
 
-def gmail_watch_touch(store_id: uuid.UUID) -> Update:
-    """The UPDATE recording that the store's Gmail watch just delivered a notification."""
-    return (
-        update(WebhookSubscription)
-        .where(WebhookSubscription.store_id == store_id)
-        .where(WebhookSubscription.provider == Provider.GMAIL)
-        .where(WebhookSubscription.status != SubscriptionStatus.REMOVED)
-        .values(last_notification_at=func.now())
-    )
+@dataclass(frozen=True)
+class Touch:
+    """An UPDATE recording that subscriptions just delivered a notification, and its values.
+
+    ``statement`` is one of the module's constants (named binds), so a statement embedding it
+    can be built once and reused (api.receipt).
+    """
+
+    statement: Update
+    params: dict[str, Any]
 
 
-def subscriptions_touch(row_ids: Collection[uuid.UUID]) -> Update:
-    """The UPDATE recording that these subscriptions just delivered a notification."""
-    return (
-        update(WebhookSubscription)
-        .where(WebhookSubscription.id.in_(list(row_ids)))
-        .values(last_notification_at=func.now())
-    )
+_GMAIL_WATCH_TOUCH = (
+    update(WebhookSubscription)
+    .where(WebhookSubscription.store_id == bindparam("touch_store_id"))
+    .where(WebhookSubscription.provider == Provider.GMAIL)
+    .where(WebhookSubscription.status != SubscriptionStatus.REMOVED)
+    .values(last_notification_at=func.now())
+)
+_SUBSCRIPTIONS_TOUCH = (
+    update(WebhookSubscription)
+    .where(WebhookSubscription.id.in_(bindparam("touch_ids", expanding=True)))
+    .values(last_notification_at=func.now())
+)
+
+
+def gmail_watch_touch(store_id: uuid.UUID) -> Touch:
+    """The touch of the store's Gmail watch (any state but removed)."""
+    return Touch(_GMAIL_WATCH_TOUCH, {"touch_store_id": store_id})
+
+
+def subscriptions_touch(row_ids: Collection[uuid.UUID]) -> Touch:
+    """The touch of these subscriptions (by row id)."""
+    return Touch(_SUBSCRIPTIONS_TOUCH, {"touch_ids": list(row_ids)})
 
 
 def forget_deliveries(session: Session, row_ids: Collection[uuid.UUID]) -> None:
