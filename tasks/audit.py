@@ -125,7 +125,9 @@ def _lease_holder(store_id: uuid.UUID) -> str | None:
         holder = get_redis().get(key("sync", str(store_id), "lease"))
     except RedisError:
         return None
-    return holder.decode() if isinstance(holder, bytes) else holder
+    token = holder.decode() if isinstance(holder, bytes) else holder
+    # The lease names ``<job id>/<task id>`` (tasks/sync/lease.py).
+    return token.split("/")[0] if isinstance(token, str) else None
 
 
 def broker_task_ids() -> set[str] | None:
