@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_shutdown
 
 from models import CircuitState, MetricType, Provider
 from safeguards.admission import admit, admit_call, defer_success, recently_admitted, settle
+from safeguards.deferred import DEFERRED
 from safeguards.errors import (
     CallFailure,
     CircuitOpen,
@@ -249,3 +251,8 @@ def _degraded(which: str, exc: SafeguardUnavailable, *, may_refuse: bool = True)
         log.warning("%s unavailable, failing closed (the call is deferred): %s", which, exc)
         raise RateLimited(f"{which} unavailable: {exc}", settings.fail_closed_retry_s) from exc
     log.warning("%s unavailable, failing open (the call goes unguarded): %s", which, exc)
+
+
+# A prefork child leaves by os._exit, past atexit: its deferred outcomes (successes, leases)
+# are sent here, or its leases would block the store's concurrency until they expire.
+worker_process_shutdown.connect(lambda **_: DEFERRED.flush(), weak=False)

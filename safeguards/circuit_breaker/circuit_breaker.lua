@@ -38,6 +38,53 @@ local settled = tonumber(ARGV[22] or '0')
 -- previous_state ('' = no transition), window_calls, window_failures, then the state
 -- hash's field/value pairs ('state' first; only that pair when brief and no transition).
 
+-- Fast path, before any function is defined (each would be a closure made per run): a
+-- closed circuit with a count window asked to allow a call and/or count deferred successes.
+-- Does exactly what the general path below does in that case; hands over to it (having
+-- written nothing) when a success would complete the minimum calls at a failure rate that
+-- trips the circuit.
+if (op == 'allow' or op == 'settle') and window_type == 'count' and brief then
+  local v = redis.call('HMGET', h, 'state', 'count_window', 'count_window_failures',
+    'total_calls', 'success_count', 'circuit_name', 'dirty', 'touched_at')
+  if not v[1] or v[1] == 'closed' then
+    local window = v[2] or ''
+    local failures = v[2] and tonumber(v[3] or '0') or 0
+    local fits = true
+    for _ = 1, settled do
+      window = window .. '0'
+      while #window > window_size do  -- a loop: the configured size may have shrunk
+        if string.sub(window, 1, 1) == '1' then failures = failures - 1 end
+        window = string.sub(window, 2)
+      end
+      if rate_threshold > 0 and #window >= min_calls
+          and failures * 100 >= rate_threshold * #window then
+        fits = false
+        break
+      end
+    end
+    if fits then
+      if settled > 0 then
+        local out = {'total_calls', tonumber(v[4] or '0') + settled,
+          'success_count', tonumber(v[5] or '0') + settled, 'last_success_at', now,
+          'consecutive_failures', 0, 'count_window', window,
+          'count_window_failures', failures}
+        if v[6] ~= circuit_name then
+          for _, x in ipairs({'store_id', store_id, 'business_id', business_id,
+              'circuit_name', circuit_name}) do out[#out + 1] = x end
+        end
+        if v[7] ~= '1' then out[#out + 1] = 'dirty'; out[#out + 1] = 1 end
+        local touched = tonumber(v[8] or '0')
+        local refresh = now - touched >= 3600 or now < touched
+        if refresh then out[#out + 1] = 'touched_at'; out[#out + 1] = now end
+        redis.call('HSET', h, unpack(out))
+        if refresh then redis.call('EXPIRE', h, ttl) end
+      end
+      local allowed = op == 'allow' and 1 or 0
+      return {allowed, '0', '', '', #window, failures, 'state', 'closed'}
+    end
+  end
+end
+
 local HOT = {'state', 'consecutive_failures', 'count_window', 'count_window_failures',
   'total_calls', 'success_count', 'dirty', 'touched_at', 'circuit_name', 'next_attempt_at',
   'half_open_successes'}
