@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,10 @@ from syncguard.settings import get_settings
 __all__ = ["LEASE", "AppQuotaPool", "get_app_quota_pool", "give_back_leases", "settings_quota"]
 
 LEASE = LuaScript("safeguards.rate_limit", "app_quota")
+#: Seconds the registry of apps (what the dashboard lists) lives without a registration.
+REGISTRY_TTL_S = 86_400
+#: Seconds between one process's registrations of an app it keeps leasing from.
+REGISTER_EVERY_S = 3_600.0
 _KIND = "appquota"
 
 
@@ -80,7 +85,7 @@ class AppQuotaPool:
         self._blocks: dict[AppId, _Block] = {}
         #: The last refusal of each app: until when, for calls of how many units or more.
         self._refused: dict[AppId, tuple[float, int]] = {}
-        self._registered: set[AppId] = set()
+        self._registered: dict[AppId, float] = {}  # app -> when last registered (monotonic)
 
     def take(self, app: AppId, units: int) -> AppDecision:
         """Spend ``units`` of the app's quota for one call, leasing a new block when needed.
@@ -183,12 +188,15 @@ class AppQuotaPool:
         return keys, args
 
     def _register(self, app: AppId) -> None:
-        # Once per process and app: the dashboard and /metrics list apps from this set (its own
-        # slot on a Cluster, hence not in the script).
-        if app not in self._registered:
-            self.client.sadd(self._registry(), app.name)
-            self.client.expire(self._registry(), 86400)
-            self._registered.add(app)
+        # Once an hour per process and app, one round trip: the dashboard and /metrics list
+        # apps from this set (its own Cluster slot, hence not in the script); it lives a day.
+        now = time.monotonic()
+        if self._registered.get(app, -REGISTER_EVERY_S) + REGISTER_EVERY_S <= now:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(self._registry(), app.name)
+            pipe.expire(self._registry(), REGISTRY_TTL_S)
+            pipe.execute()
+            self._registered[app] = now
 
     def _registry(self) -> str:
         return key(_KIND, "registry")
