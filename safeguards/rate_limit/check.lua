@@ -57,74 +57,36 @@ end
 -- guarantee's proof needs hits recorded in time order.
 if st.clock > now then now = st.clock end
 
-local function entry(e)  -- "ms:cost" -> ms, cost
-    local sep = string.find(e, ':', 1, true)
-    return tonumber(string.sub(e, 1, sep - 1)), tonumber(string.sub(e, sep + 1))
-end
-
--- Log window: drop the entries that left it (a gone list means every entry has left).
-local function purge_log(w, k, from)
-    local t = st['t' .. w]
-    while true do
-        local head = redis.call('LRANGE', k, 0, 15)
-        if #head == 0 then t = 0 break end
-        local dead = 0
-        for _, e in ipairs(head) do
-            local ms, c = entry(e)
-            if ms >= from then break end
-            dead, t = dead + 1, t - c
+-- Milliseconds until the oldest live entries have freed `excess` units (refusals only).
+local function wait_for(w, k, from, excess, a)
+    local freed = 0
+    if a.bucket == 1 then
+        local offset = 0
+        while true do
+            local es = redis.call('LRANGE', k, offset, offset + 199)
+            if #es == 0 then return a.length end
+            for _, e in ipairs(es) do
+                local sep = string.find(e, ':', 1, true)
+                freed = freed + tonumber(string.sub(e, sep + 1))
+                if freed >= excess then
+                    return tonumber(string.sub(e, 1, sep - 1)) + a.length - now
+                end
+            end
+            offset = offset + #es
         end
-        if dead > 0 then redis.call('LTRIM', k, dead, -1) end
-        if dead < #head then break end
     end
-    put('t' .. w, t)
-end
-
--- Bucket window: drop the buckets below `from` (all of them once the newest is below it).
-local function purge_buckets(w, k, from, span)
-    local t, lo, cur = st['t' .. w], st['lo' .. w], st['cur' .. w]
-    if cur < from then
-        if t ~= 0 then redis.call('DEL', k) end
-        t = 0
-    elseif lo < from then
-        local idxs = {}
-        for i = math.max(lo, from - span), from - 1 do idxs[#idxs + 1] = i end
-        local costs = redis.call('HMGET', k, unpack(idxs))
-        for _, c in ipairs(costs) do t = t - tonumber(c or '0') end
-        redis.call('HDEL', k, unpack(idxs))
-    end
-    put('t' .. w, t)
-    put('lo' .. w, from)
-end
-
--- Milliseconds until the oldest live entries have freed `excess` units.
-local function wait_log(k, excess, length)
-    local freed, offset = 0, 0
-    while true do
-        local es = redis.call('LRANGE', k, offset, offset + 199)
-        if #es == 0 then return length end
-        for _, e in ipairs(es) do
-            local ms, c = entry(e)
-            freed = freed + c
-            if freed >= excess then return ms + length - now end
-        end
-        offset = offset + #es
-    end
-end
-
-local function wait_buckets(w, k, from, excess, length, bucket)
-    local freed, i, cur = 0, from, st['cur' .. w]
+    local i, cur = from, st['cur' .. w]
     while i <= cur do
         local idxs = {}
         for j = i, math.min(cur, i + 199) do idxs[#idxs + 1] = j end
         local costs = redis.call('HMGET', k, unpack(idxs))
         for n, c in ipairs(costs) do
             freed = freed + tonumber(c or '0')
-            if freed >= excess then return (idxs[n] + 1) * bucket + length - 1 - now end
+            if freed >= excess then return (idxs[n] + 1) * a.bucket + a.length - 1 - now end
         end
         i = idxs[#idxs] + 1
     end
-    return length
+    return a.length
 end
 
 local wait, reason = 0, false
@@ -136,21 +98,43 @@ local used = {}
 for w = 1, 3 do
     local a, k = window_args[w], window_keys[w]
     local from = math.floor((now - a.length + 1) / a.bucket)  -- first live bucket
+    local t = st['t' .. w]
     if a.bucket == 1 then
-        purge_log(w, k, from)
+        -- Log window: drop the entries that left it (a gone list: every entry has left).
+        while true do
+            local head = redis.call('LRANGE', k, 0, 15)
+            if #head == 0 then t = 0 break end
+            local dead = 0
+            for _, e in ipairs(head) do
+                local sep = string.find(e, ':', 1, true)
+                if tonumber(string.sub(e, 1, sep - 1)) >= from then break end
+                dead, t = dead + 1, t - tonumber(string.sub(e, sep + 1))
+            end
+            if dead > 0 then redis.call('LTRIM', k, dead, -1) end
+            if dead < #head then break end
+        end
     else
-        purge_buckets(w, k, from, math.ceil(a.length / a.bucket) + 1)
+        -- Bucket window: drop the buckets below `from` (all of them once the newest is).
+        local lo, cur = st['lo' .. w], st['cur' .. w]
+        if cur < from then
+            if t ~= 0 then redis.call('DEL', k) end
+            t = 0
+        elseif lo < from then
+            local idxs = {}
+            local span = math.ceil(a.length / a.bucket) + 1
+            for i = math.max(lo, from - span), from - 1 do idxs[#idxs + 1] = i end
+            local costs = redis.call('HMGET', k, unpack(idxs))
+            for _, c in ipairs(costs) do t = t - tonumber(c or '0') end
+            redis.call('HDEL', k, unpack(idxs))
+        end
+        put('lo' .. w, from)
     end
-    used[w] = st['t' .. w]
+    put('t' .. w, t)
+    used[w] = t
     if cost > a.limit then
         refuse(a.length, 'cost_exceeds_limit:' .. NAMES[w])
-    elseif used[w] + cost > a.limit then
-        local excess = used[w] + cost - a.limit
-        if a.bucket == 1 then
-            refuse(wait_log(k, excess, a.length), NAMES[w])
-        else
-            refuse(wait_buckets(w, k, from, excess, a.length, a.bucket), NAMES[w])
-        end
+    elseif t + cost > a.limit then
+        refuse(wait_for(w, k, from, t + cost - a.limit, a), NAMES[w])
     end
 end
 

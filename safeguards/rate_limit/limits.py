@@ -43,6 +43,10 @@ DAY = Window("day", 86_400_000, 300_000)
 WINDOWS = (MINUTE, HOUR, DAY)
 
 
+#: The RateLimits field holding each window's limit (read per decision: no dict per call).
+_LIMIT_OF = {"minute": "per_minute", "hour": "per_hour", "day": "per_day"}
+
+
 @dataclass(frozen=True)
 class LimitOverrides:
     """A store's overrides from its ``provider_rate_limits`` '*' row; None keeps the default."""
@@ -64,7 +68,8 @@ class RateLimits:
 
     def for_window(self, window: Window) -> int:
         """The limit of ``window``."""
-        return {"minute": self.per_minute, "hour": self.per_hour, "day": self.per_day}[window.name]
+        limit: int = getattr(self, _LIMIT_OF[window.name])
+        return limit
 
     def with_overrides(self, overrides: LimitOverrides) -> RateLimits:
         """These limits with every value the store overrides replaced."""
