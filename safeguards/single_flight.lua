@@ -23,11 +23,16 @@ local resume = ARGV[5] == '1'          -- acquire: a continuation of a run alrea
 local other = ARGV[6]                  -- take_over: the stale owner; release: the follow-up's;
                                        -- requeue: the next execution's token (or '')
 local delay_ms = tonumber(ARGV[7])     -- requeue: the re-published run's countdown, ms
+local dirty_ms = tonumber(ARGV[8])     -- how long a dirty flag lives at least, ms
 
--- Name ``value`` as the pending run for ``ttl_ms``; the dirty flag must not die before it.
+-- Name ``value`` as the pending run for ``ttl_ms``; the dirty flag must not die before it
+-- (it may outlive it: a run still alive after its marker lapsed releases it, see ``release``).
 local function mark_pending(value, ttl_ms)
   redis.call('SET', pending, value, 'PX', ttl_ms)
-  redis.call('PEXPIRE', dirty, ttl_ms)
+  local left = redis.call('PTTL', dirty)
+  if left >= 0 and left < ttl_ms then
+    redis.call('PEXPIRE', dirty, ttl_ms)
+  end
 end
 
 -- The run part of an owner token (the whole owner when it has no ``/``).
@@ -37,7 +42,7 @@ end
 
 local function mark_dirty()
   local ttl = redis.call('PTTL', pending)
-  redis.call('SET', dirty, '1', 'PX', math.max(ttl, pending_ms))
+  redis.call('SET', dirty, '1', 'PX', math.max(ttl, pending_ms, dirty_ms))
 end
 
 if verb == 'request' then

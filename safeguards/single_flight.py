@@ -62,6 +62,11 @@ class SingleFlight:
     client: redis.Redis | None = None
     lease_s: float = DEFAULT_LEASE_S
     pending_ttl_s: float = DEFAULT_PENDING_TTL_S
+    #: How long requests folded into a run stay marked at least, seconds (None: as long as the
+    #: pending marker). Longer lets a fold outlive a marker that lapsed while its run was still
+    #: alive (its release then still owes the follow-up); a fold left after its run ended costs
+    #: at most one extra run.
+    dirty_ttl_s: float | None = None
 
     def request(self, scope: str, owner: str = ANONYMOUS) -> bool:
         """True when the caller must enqueue the run ``owner``; False when folded into one."""
@@ -187,7 +192,7 @@ class SingleFlight:
         pending_ms = int(max(self.pending_ttl_s, self.lease_s) * 1000)
         args = [verb, owner, int(self.lease_s * 1000), pending_ms]
         args += ["1" if resume else "0", other, int(max(delay_s, 0.0) * 1000)]
-        return keys, args
+        return keys, [*args, int(max(self.dirty_ttl_s or 0.0, 0.0) * 1000)]
 
 
 def new_owner() -> str:

@@ -25,11 +25,19 @@ def sync_flight() -> SingleFlight:
     the job's expected start for the queue bound plus one sweep period plus one lease of slack:
     the recovery sweep re-publishes (and re-arms) a job only at the first sweep after its queue
     bound, so a marker that lived for the bound alone lapsed before that sweep whenever a job
-    waited in a backlog, and the requests folded into it were lost with it.
+    waited in a backlog, and the requests folded into it were lost with it. The dirty flag lives
+    for as long as its job may (each recovery is one such period, and the sweep archives a job
+    past ``sync_max_recoveries``): a sweep running late on a loaded machine can still let the
+    marker lapse, but the folded requests then wait for the job's release all the same.
     """
     settings = get_settings()
     live_s = settings.sync_queue_bound_s + settings.sync_recovery_sweep_s + settings.sync_lease_s
-    return SingleFlight("sync", lease_s=settings.sync_lease_s, pending_ttl_s=live_s)
+    return SingleFlight(
+        "sync",
+        lease_s=settings.sync_lease_s,
+        pending_ttl_s=live_s,
+        dirty_ttl_s=live_s * (settings.sync_max_recoveries + 2),
+    )
 
 
 @dataclass(frozen=True)

@@ -229,3 +229,15 @@ def test_a_repeated_release_names_the_same_follow_up_once(redis_client: redis.Re
     assert flight.release(scope, run, "follow-up") is True  # the caller failed and retries
     assert flight.release(scope, run, "another") is False  # never a second follow-up
     assert flight.holder(scope) == "follow-up"
+
+
+def test_a_fold_outlives_a_lapsed_marker_until_its_run_releases(redis_client: redis.Redis) -> None:
+    flight = SingleFlight(
+        "test-flight", redis_client, lease_s=0.2, pending_ttl_s=0.2, dirty_ttl_s=30.0
+    )
+    scope, run = uuid.uuid4().hex, new_owner()
+    assert flight.request(scope, run) and flight.acquire(scope, run)
+    assert flight.request(scope) is False  # folded into the run
+    time.sleep(0.5)  # the run's marker lapsed (a late sweep) while the run was still alive
+    assert flight.holder(scope) is None
+    assert flight.release(scope, run, "follow-up") is True  # the fold still gets its follow-up
