@@ -18,6 +18,7 @@ from typing import Protocol
 
 from celery.signals import worker_process_shutdown
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import MetricType, Provider, Store
 from providers.oauth import OAuthCredentials
@@ -52,14 +53,20 @@ class Scope(Protocol):
 
 
 def store_app(store_id: uuid.UUID) -> AppId | None:
-    """The store's provider app, None for a store without credentials (cached briefly)."""
+    """The store's provider app, None for a store without credentials (cached briefly).
+
+    Raises SafeguardUnavailable when PostgreSQL cannot be reached.
+    """
     cached = _apps.get(store_id)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
-    with service_session() as session:
-        row = session.execute(
-            select(Store.provider, Store.credentials_encrypted).where(Store.id == store_id)
-        ).first()
+    try:
+        with service_session() as session:
+            row = session.execute(
+                select(Store.provider, Store.credentials_encrypted).where(Store.id == store_id)
+            ).first()
+    except (OperationalError, InterfaceError) as exc:  # PostgreSQL unreachable: not cached
+        raise SafeguardUnavailable(f"store {store_id}'s app unreadable: {exc}") from exc
     app = None
     if row is not None and row.credentials_encrypted is not None:
         try:
@@ -85,14 +92,15 @@ def spend_app_quota(scope: Scope, operation: str, cost: int | None) -> Callable[
 
     Mostly in process (a leased block); a lease is one round trip on the app's Redis slot.
     Raises RateLimited when the app's quota is spent (the task defers, as for a store limit;
-    the circuit never sees it); with Redis unreachable, applies ``safeguard_fail_mode``.
+    the circuit never sees it); with Redis or PostgreSQL unreachable, applies
+    ``safeguard_fail_mode``.
     """
-    app = store_app(scope.store_id)
-    if app is None:
-        return _nothing
-    units = get_rate_limiter().costs[scope.provider].of(operation) if cost is None else cost
     pool = get_app_quota_pool()
     try:
+        app = store_app(scope.store_id)
+        if app is None:
+            return _nothing
+        units = get_rate_limiter().costs[scope.provider].of(operation) if cost is None else cost
         decision = pool.take(app, units)
     except SafeguardUnavailable as exc:
         settings = get_settings()

@@ -31,6 +31,7 @@ retry-after, so a refused app costs no round trip either (a smaller call still a
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,8 @@ from safeguards.redis_state import LuaScript, get_redis, key, run_script, run_sc
 from syncguard.settings import get_settings
 
 __all__ = ["LEASE", "AppQuotaPool", "get_app_quota_pool", "give_back_leases", "settings_quota"]
+
+log = logging.getLogger(__name__)
 
 LEASE = LuaScript("safeguards.rate_limit", "app_quota")
 #: Seconds the registry of apps (what the dashboard lists) lives without a registration.
@@ -195,7 +198,11 @@ class AppQuotaPool:
             pipe = self.client.pipeline(transaction=False)
             pipe.sadd(self._registry(), app.name)
             pipe.expire(self._registry(), REGISTRY_TTL_S)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.RedisError:  # only the listing misses it: tried again next lease
+                log.warning("app %s not registered for the dashboard", app.name, exc_info=True)
+                return
             self._registered[app] = now
 
     def _registry(self) -> str:

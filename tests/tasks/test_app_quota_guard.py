@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -123,3 +126,46 @@ def test_store_connect_names_the_graph_tenant(engine: Engine) -> None:
     grant = "graph-client\nsecret\nrefresh\n"
     _ok("store", "connect", str(store_id), "--tenant-id", " tenant-c ", input=grant)
     assert store_app(store_id) == AppId(Provider.OUTLOOK, "graph-client", "tenant-c")
+
+
+DB_DOWN_PROBE = """
+import sys, uuid
+from models import Provider
+from safeguards.errors import RateLimited
+from tasks.guard import CallScope, guarded_call
+
+scope = CallScope(uuid.UUID(sys.argv[1]), Provider.OUTLOOK, "outlook")
+try:
+    with guarded_call(scope, "delta"):
+        print("CALLED")
+except RateLimited as refused:
+    print(f"REFUSED {refused.retry_after_s}")
+"""
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_an_unreadable_store_app_applies_the_fail_mode(engine: Engine, mode: str) -> None:
+    # Given a store whose app cannot be read: PostgreSQL unreachable from the calling process
+    store = connected_store(engine, Provider.OUTLOOK, "app-db-down", "tenant-x")
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        "SYNCGUARD_SAFEGUARD_FAIL_MODE": mode,
+        "SYNCGUARD_FAIL_CLOSED_RETRY_S": "7",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", DB_DOWN_PROBE, store],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then the fail mode decides, as for an unreachable Redis, with a log line saying so:
+    # closed defers the call; open goes on to the store's admission (whose own limit
+    # overrides need PostgreSQL too, so that step fails on its own)
+    assert f"app quota unavailable, failing {mode}" in run.stderr
+    if mode == "closed":
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "REFUSED 7.0"
+    else:
+        assert run.stdout.strip() == "CALLED" or "in _admit" in run.stderr  # past the app
