@@ -186,13 +186,6 @@ def chaos(engine: Engine, emulator: EmulatorHandle) -> Outcome:
     return Outcome(result, unsettled_after, healed, still_open, too_fast)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="found by this test, not fixed here: now and then (1 of 50 stores in the runs "
-    "recorded in docs/reliability.md) a message is missing after every job ended although "
-    "a sync was requested after it arrived; one more sync heals it (a folded request whose "
-    "follow-up did not see the message)",
-)
 def test_every_mailbox_converges(chaos: Outcome) -> None:
     assert chaos.unsettled is None and chaos.result.ok, (chaos.unsettled, chaos.result.violations)
 
