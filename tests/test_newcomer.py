@@ -3,13 +3,18 @@ API keys live in the CLI, the shell reaches the stack, `up` says where everythin
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import pytest
@@ -52,9 +57,17 @@ NEEDS_THE_STACK = [
     ["migrate"],
 ]
 
+#: Commands run at once by ``_concurrently``: each is a process of its own that mostly imports
+#: and waits on a refused connection, so a few overlap well even on two cores.
+CONCURRENT_COMMANDS = 3
+#: How long one of them may take, seconds (a bound for a loaded machine, not a measurement).
+COMMAND_TIMEOUT_S = 180.0
+K = TypeVar("K")
+V = TypeVar("V")
+
 
 def _run(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = COMMAND_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SYNCGUARD, *args], env=env, capture_output=True, text=True, timeout=timeout
@@ -75,30 +88,77 @@ def _without_urls(home: Path) -> dict[str, str]:
     return {**env, "SYNCGUARD_HOME": str(home), "SYNCGUARD_ENVIRONMENT": "development"}
 
 
+def _concurrently(calls: Mapping[K, Callable[[], V]]) -> dict[K, V]:
+    """Each call's result; the calls run a few at a time (each mostly waits on its own process)."""
+    with ThreadPoolExecutor(max_workers=CONCURRENT_COMMANDS) as pool:
+        futures = {key: pool.submit(call) for key, call in calls.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
 # --- point 6: only `up` starts servers ------------------------------------------------------
 
+NOT_UP = [*NEEDS_THE_STACK, ["env"], ["psql"], ["api", "--port", "1"], ["demo", "--wait", "0"]]
 
-@pytest.mark.parametrize(
-    "args",
-    [*NEEDS_THE_STACK, ["env"], ["psql"], ["api", "--port", "1"], ["demo", "--wait", "0"]],
-    ids=" ".join,
-)
-def test_no_command_but_up_starts_the_embedded_servers(args: list[str], tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    line = _one_error_line(_run(args, _without_urls(home)))
-    assert "is not running: start the stack with `.venv/bin/syncguard up` (or `make run`)" in line
-    assert not home.exists()  # nothing started, nothing created
+
+@dataclass(frozen=True)
+class WithoutServers:
+    """A command run without URLs in a fresh home, then again in a home a stopped stack left."""
+
+    fresh: subprocess.CompletedProcess[str]
+    created_home: bool
+    stopped: subprocess.CompletedProcess[str]
+    created_postgres: bool
+
+
+def _without_servers(args: list[str], home: Path) -> WithoutServers:
+    fresh = _run(args, _without_urls(home))
+    created_home = home.exists()
     (home / "redis").mkdir(parents=True)  # a stack that ran here once and was stopped
-    _one_error_line(_run(args, _without_urls(home)))
-    assert not (home / "postgres").exists()
+    stopped = _run(args, _without_urls(home))
+    return WithoutServers(fresh, created_home, stopped, (home / "postgres").exists())
+
+
+@pytest.fixture(scope="module")
+def without_servers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WithoutServers]:
+    """Every NOT_UP command's two runs (``_without_servers``), by its words."""
+    homes = {" ".join(args): tmp_path_factory.mktemp("newcomer") / "home" for args in NOT_UP}
+    return _concurrently(
+        {
+            " ".join(args): functools.partial(_without_servers, args, homes[" ".join(args)])
+            for args in NOT_UP
+        }
+    )
+
+
+@pytest.mark.parametrize("args", NOT_UP, ids=" ".join)
+def test_no_command_but_up_starts_the_embedded_servers(
+    args: list[str], without_servers: dict[str, WithoutServers]
+) -> None:
+    outcome = without_servers[" ".join(args)]
+    line = _one_error_line(outcome.fresh)
+    assert "is not running: start the stack with `.venv/bin/syncguard up` (or `make run`)" in line
+    assert not outcome.created_home  # nothing started, nothing created
+    _one_error_line(outcome.stopped)
+    assert not outcome.created_postgres
 
 
 # --- point 7: one line for bad input and missing configuration ------------------------------
 
 
+@pytest.fixture(scope="module")
+def unreachable() -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every NEEDS_THE_STACK command run against servers nobody listens on, by its words."""
+    env = {**os.environ, **UNREACHABLE}
+    return _concurrently(
+        {" ".join(args): functools.partial(_run, args, env) for args in NEEDS_THE_STACK}
+    )
+
+
 @pytest.mark.parametrize("args", NEEDS_THE_STACK, ids=" ".join)
-def test_an_unreachable_database_is_one_error_line(args: list[str]) -> None:
-    line = _one_error_line(_run(args, {**os.environ, **UNREACHABLE}))
+def test_an_unreachable_database_is_one_error_line(
+    args: list[str], unreachable: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    line = _one_error_line(unreachable[" ".join(args)])
     assert "127.0.0.1" in line or "database" in line or "Redis" in line
 
 
@@ -307,10 +367,10 @@ def test_routine_maintenance_runs_leave_no_line_in_a_worker_at_info(tmp_path: Pa
     finally:
         stop(proc)
         purge_queues()
-    log = log_path.read_text()
-    assert "mirror_safeguard_state[" not in log and "heartbeat[" not in log
+    lines = log_path.read_text()
+    assert "mirror_safeguard_state[" not in lines and "heartbeat[" not in lines
     # Other tasks keep their lines: the filter is not the worker's level.
-    assert "tasks.maintenance.run_all_cleanup_tasks[" in log and "succeeded in" in log
+    assert "tasks.maintenance.run_all_cleanup_tasks[" in lines and "succeeded in" in lines
 
 
 # --- point 1: the README's commands work as written -----------------------------------------
