@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     #: A sync's per-store lease, seconds: a crashed holder blocks its store at most this long.
     sync_lease_s: float = 120.0
     #: Queue bound, seconds: a published sync is expected to start within its countdown plus
-    #: this. Its store's pending marker lives that long, so a lost message folds requests for
-    #: at most countdown + this; a sync queued longer only costs one extra, serialised run.
+    #: this. Its store's pending marker lives that long plus one sweep period and one lease (see
+    #: ``tasks.sync.requests.sync_flight``), so a lost message folds requests for at most that
+    #: long; a sync queued longer only costs one extra, serialised run.
     sync_queue_bound_s: float = 600.0
     #: Period of Beat's recovery sweep (tasks/recovery.py), seconds. The recovery bound: once
     #: a fault clears, a sync whose worker died is re-published within ``sync_lease_s`` + this,
