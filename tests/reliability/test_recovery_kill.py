@@ -207,12 +207,15 @@ def test_several_group_kills_in_a_row_still_end_in_one_finished_job(
 ) -> None:
     store_id, mailbox = connect_store(engine, emulator, Provider.GMAIL)
     swept.append(store_id)
-    for i in range(40):  # ten pages: room for three kills between pages
+    for i in range(32):  # eight pages: room for both kills between pages
         mailbox.add(f"order {i}")
     mailbox.faults(slow_ms=100)
     first = request_sync(store_id)
     assert first is not None
-    kills = 3
+    # Two: the second recovers a job the sweep already recovered once (its fence and count
+    # carried over), which is what "in a row" adds to the single kill above; a third kill
+    # would take the same path again at the cost of a worker start and a queue bound.
+    kills = 2
     for n in range(kills):
         _kill_between_pages(engine, env, first)
         eventually(partial(_recovered, engine, first, n + 1), timeout_s=60)
