@@ -54,7 +54,11 @@ _NONE = LimitOverrides()
 def _our_worker(store: uuid.UUID, until: float, admitted: Any) -> None:
     from safeguards.errors import Refused
     from safeguards.rate_limit import limiter as limiter_module
+    from tasks import provider_apps
     from tasks.guard import CallScope, guarded_call
+
+    # No provider-app credentials (no PostgreSQL here): the store's own limit is what counts.
+    provider_apps._apps[store] = (float("inf"), None)
 
     limiter_module._DEFAULT[:] = [
         limiter_module.RateLimiter(
@@ -85,6 +89,8 @@ def _ours(window_s: float) -> int:
         p.start()
     for p in procs:
         p.join(window_s + 60)
+    if any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"a guard process failed: exit codes {[p.exitcode for p in procs]}")
     return int(admitted.value)
 
 
