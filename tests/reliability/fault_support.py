@@ -27,6 +27,17 @@ def converged(engine: Engine, stores: Stores) -> bool:
     return all(local_copy(engine, s) == mailbox_copy(m, p) for s, (m, p) in stores.items())
 
 
+def in_flight(engine: Engine, job_ids: Sequence[uuid.UUID]) -> bool:
+    """Some job of ``job_ids`` committed a page and some waits on a countdown (deferred): the
+    moment a fault test breaks a server, polled for instead of slept towards."""
+    with service_session(engine) as session:
+        rows = session.execute(
+            select(SyncJob.pages_processed, SyncJob.status).where(SyncJob.id.in_(job_ids))
+        ).all()
+    paged = any(pages >= 1 for pages, _ in rows)
+    return paged and any(status is SyncJobStatus.DEFERRED for _, status in rows)
+
+
 def settle(
     engine: Engine, stores: Stores, timeout_s: float, others: Sequence[uuid.UUID] = ()
 ) -> None:

@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 from models import Provider
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from tests.providers import Mailbox
-from tests.reliability.fault_support import figures, settle
+from tests.reliability.fault_support import figures, in_flight, settle
 from tests.reliability.recovery_support import RECOVERY_ENV, group_worker, recovery_settings
 from tests.reliability.servers import OwnRedis, driver, own_redis
-from tests.sync_support import connect_store, emulator_env
+from tests.sync_support import connect_store, emulator_env, eventually
 
 #: Faults on some mailboxes so their jobs sit in the worker with a countdown at the kill.
 COUNTDOWNS: list[dict[str, object]] = [
@@ -31,6 +31,8 @@ COUNTDOWNS: list[dict[str, object]] = [
     {"server_error": {"status": 503, "count": 1, "retry_after": 2}},  # a retry
     {"server_error": {"status": 503, "count": 1, "retry_after": 2}},
 ]
+#: How long the jobs may take to be paging with countdowns held, seconds (a bound).
+IN_FLIGHT_WITHIN_S = 60.0
 #: How long the broker stays dead, seconds.
 DOWN_S = 3.0
 
@@ -60,7 +62,7 @@ def test_broker_redis_killed_and_restarted_from_its_aof_loses_nothing(
     env = {**emulator_env(emulator), **RECOVERY_ENV, "BROKER_URL": broker.url}
     with recovery_settings(), group_worker(env, concurrency=2), driver(env, list(stores)) as jobs:
         assert len(jobs) == 8
-        time.sleep(2.0)  # pages running, countdowns held
+        eventually(lambda: in_flight(engine, jobs), IN_FLIGHT_WITHIN_S)  # countdowns held
         broker.kill()
         time.sleep(DOWN_S)
         broker.start()

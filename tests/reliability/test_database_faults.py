@@ -20,12 +20,14 @@ from models import Provider
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from syncguard.db import dispose_engines, get_engine
 from tests.providers import Mailbox
-from tests.reliability.fault_support import figures, settle
+from tests.reliability.fault_support import figures, in_flight, settle
 from tests.reliability.recovery_support import RECOVERY_ENV, group_worker, recovery_settings
 from tests.reliability.servers import OwnPostgres, driver, own_postgres
-from tests.sync_support import connect_store, emulator_env
+from tests.sync_support import connect_store, emulator_env, eventually
 from tests.worker import purge_queues
 
+#: How long the jobs may take to be paging with countdowns held, seconds (a bound).
+IN_FLIGHT_WITHIN_S = 60.0
 #: How long PostgreSQL stays down, seconds.
 DOWN_S = 10.0
 #: Faults per healthy store, in turn: retries in flight when the database goes.
@@ -73,7 +75,8 @@ def test_postgres_stopped_mid_run_loses_no_job(
     purge_queues()
     with group_worker(env, concurrency=2), driver(env, [*healthy, *failing]) as jobs:
         assert len(jobs) == 8
-        time.sleep(2.0)  # pages committing, retries and deferrals counting down
+        # Pages committing, retries and deferrals counting down.
+        eventually(lambda: in_flight(engine, jobs), IN_FLIGHT_WITHIN_S)
         server.stop()
         time.sleep(DOWN_S)
         server.start()
