@@ -106,8 +106,10 @@ result_expires = _settings.result_expires_s
 # - worker task events stay on (about a fifth of a no-op's throughput): Flower could switch them
 #   on by its enable_events broadcast, but only every few seconds after it starts, and every task
 #   a worker ran before that would be missing from Flower's history; operators watch it there;
-# - task-sent events stay on: a publisher-side cost Flower cannot switch on remotely, and its
-#   task list starts from them (the arguments in them are redacted, tasks/redaction_hooks.py).
+# - task-sent events stay on: a publisher-side cost Flower cannot switch on remotely (in the
+#   Graph receiver one more Redis PUBLISH per notification and ~6 % of its CPU, py-spy under
+#   bench/receiver.py's load, 2026-11-30), and Flower's task list starts from them (the
+#   arguments in them are redacted, tasks/redaction_hooks.py).
 result_extended = False
 task_track_started = False
 worker_send_task_events = True
