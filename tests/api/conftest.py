@@ -8,7 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -76,7 +76,7 @@ def _drop_our_queued_messages(redis_client: redis.Redis) -> Iterator[None]:
     for queue in ("sync", "webhooks"):
         for raw, _task, args in queued(redis_client, queue):
             if args and str(args[0]) in CREATED_IDS:
-                redis_client.lrem(queue_key(queue), 1, raw)
+                redis_client.lrem(queue_key(queue), 1, raw)  # type: ignore[arg-type]
 
 
 def queue_key(queue: str) -> str:
@@ -88,8 +88,9 @@ def queue_key(queue: str) -> str:
 
 def queued(client: redis.Redis, queue: str) -> list[tuple[bytes, str, list[Any]]]:
     """The messages waiting in ``queue``: (raw, task name, positional args)."""
-    found = []
-    for raw in client.lrange(queue_key(queue), 0, -1):
+    found: list[tuple[bytes, str, list[Any]]] = []
+    # A client without decode_responses: the stubs' bytes | str is only ever bytes here.
+    for raw in cast(list[bytes], client.lrange(queue_key(queue), 0, -1)):
         message = json.loads(raw)
         args = json.loads(base64.b64decode(message["body"]))[0]
         found.append((raw, message["headers"]["task"], args))
