@@ -28,7 +28,7 @@ import uuid
 import redis
 
 from safeguards.circuit_breaker.states import CircuitId, decode_text
-from safeguards.redis_state import key
+from safeguards.redis_state import key, primaries
 from syncguard.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -129,21 +129,23 @@ def backstop_scan(client: redis.Redis, budget_keys: int) -> int:
     cursor) and mark those whose hash says dirty; returns how many were marked.
 
     A full pass over N circuits takes about N / ``budget_keys`` runs. On Redis Cluster, SCAN
-    walks one node: run it against each primary (the cursor key is per node's client).
+    walks one node: each primary is scanned with a cursor of its own.
     """
     prefix = re.sub(r"([*?\[\]\\])", r"\\\1", get_settings().redis_prefix)
-    cursor_key = key(CURSOR_KIND, "all")
-    raw_cursor = client.get(cursor_key)
-    cursor = int(raw_cursor) if raw_cursor else 0
     found: list[bytes | str] = []
-    seen = 0
-    while seen < budget_keys:
-        cursor, batch = client.scan(cursor=cursor, match=prefix + "circuit:*", count=1000)
-        found += batch
-        seen += 1000
-        if cursor == 0:
-            break
-    client.set(cursor_key, cursor)
+    nodes = primaries(client)
+    for name, node in nodes:  # a Cluster's SCAN walks one node: one cursor per primary
+        cursor_key = key(CURSOR_KIND, name or "all")
+        raw_cursor = client.get(cursor_key)
+        cursor = int(raw_cursor) if raw_cursor else 0
+        seen = 0
+        while seen < budget_keys // len(nodes) + 1:
+            cursor, batch = node.scan(cursor=cursor, match=prefix + "circuit:*", count=1000)
+            found += batch
+            seen += 1000
+            if cursor == 0:
+                break
+        client.set(cursor_key, cursor)
     if not found:
         return 0
     pipe = client.pipeline(transaction=False)
