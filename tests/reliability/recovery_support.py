@@ -20,13 +20,14 @@ import pytest
 from sqlalchemy import Engine
 
 from models import SyncJob
+from providers.emulator.runner import EmulatorHandle
 from syncguard.settings import get_settings
 from tasks.audit import audit_jobs
 from tasks.queues import QUEUE_NAMES
 from tasks.recovery import recover_sync_jobs
 from tasks.sync.requests import sync_flight
-from tests.sync_support import FINAL, jobs_of
-from tests.worker import READY_TIMEOUT_S, purge_queues, stop
+from tests.sync_support import FINAL, emulator_env, jobs_of
+from tests.worker import READY_TIMEOUT_S, purge_queues, running_worker, stop
 
 #: Short recovery settings (the product's defaults stay production-sensible): a 3 s lease, a
 #: 10 s queue bound (> lease + sweep, as in production), a 1 s sweep, backoff capped at 2 s.
@@ -52,6 +53,16 @@ def recovery_settings(**extra: str) -> Iterator[None]:
         finally:
             get_settings.cache_clear()
     get_settings.cache_clear()
+
+
+@contextmanager
+def recovery_worker(emulator: EmulatorHandle) -> Iterator[None]:
+    """One worker on ``emulator`` with the short recovery settings (this process too); the
+    queues are purged before and after, so a module's leftovers reach no other module."""
+    purge_queues()
+    with recovery_settings(), running_worker(env={**emulator_env(emulator), **RECOVERY_ENV}):
+        yield
+    purge_queues()
 
 
 @contextmanager

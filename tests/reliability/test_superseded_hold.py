@@ -31,18 +31,16 @@ from tasks.recovery import overdue_jobs, recover
 from tasks.sync.jobs import create_job, start_job
 from tasks.sync.lease import Hold, hold
 from tasks.sync.requests import request_sync, sync_flight
-from tests.reliability.recovery_support import RECOVERY_ENV, job, recovery_settings, unsettled
+from tests.reliability.recovery_support import job, recovery_worker, unsettled
 from tests.sync_support import (
     FINAL,
     connect_store,
-    emulator_env,
     eventually,
     jobs_of,
     local_copy,
     mailbox_copy,
     wait_for_job,
 )
-from tests.worker import purge_queues, running_worker
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +51,8 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 @pytest.fixture(scope="module")
 def worker(emulator: EmulatorHandle) -> Iterator[None]:
-    purge_queues()
-    with recovery_settings(), running_worker(env={**emulator_env(emulator), **RECOVERY_ENV}):
+    with recovery_worker(emulator):
         yield
-    purge_queues()
 
 
 def test_a_request_after_a_superseded_hold_still_reads_the_new_mail(

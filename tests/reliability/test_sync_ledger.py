@@ -28,17 +28,15 @@ from tasks.recovery import recover_sync_jobs
 from tasks.sync.jobs import create_job, follow_up_id, start_job
 from tasks.sync.pipeline import sync_store
 from tasks.sync.requests import request_sync, sync_flight
-from tests.reliability.recovery_support import RECOVERY_ENV, job, recovery_settings, unsettled
+from tests.reliability.recovery_support import job, recovery_settings, recovery_worker, unsettled
 from tests.reliability.servers import free_port
 from tests.sync_support import (
     connect_store,
-    emulator_env,
     eventually,
     local_copy,
     mailbox_copy,
     wait_for_job,
 )
-from tests.worker import purge_queues, running_worker
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +47,8 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 @pytest.fixture(scope="module")
 def worker(emulator: EmulatorHandle) -> Iterator[None]:
-    purge_queues()
-    with recovery_settings(), running_worker(env={**emulator_env(emulator), **RECOVERY_ENV}):
+    with recovery_worker(emulator):
         yield
-    purge_queues()
 
 
 def _overdue(engine: Engine, job_id: uuid.UUID) -> None:
