@@ -7,8 +7,13 @@ one JSON line: ``{"rate": messages per second, "rss_mb": peak resident set, MiB}
 Modes:
 - ``sync``: the product's full sync (``SyncRun``, real guard with the store's limits raised,
   real adapter over HTTP against the emulator), page by page until the cursor is stored;
-- ``naive``: the rows a user would write with the ORM, one ``INSERT`` per message, a commit
-  per 100 (no provider calls: the database write alone);
+- ``naive``: the naive product, the same fetching without syncguard: the same adapter, page
+  size and Gmail batching over HTTP against the same emulator, no guard, then one ORM
+  ``INSERT`` per message and a commit per page (no upsert, no checkpoint, no cursor);
+- ``insert``: the naive write alone: pre-built rows, one ORM ``INSERT`` each, a commit per 100
+  (no provider calls);
+- ``write``: our write alone: the same rows as pages of ``PAGE_SIZE`` messages, each written by
+  ``upsert_messages`` in a transaction of its own (no provider calls);
 - ``copy``: PostgreSQL ``COPY`` of the same rows (no upsert, no provider calls): the ceiling.
 """
 
@@ -26,13 +31,14 @@ from sqlalchemy import create_engine, delete, func, select
 
 from models import Business, Provider, Store, SyncedMessage
 from models.safeguards import ProviderRateLimit
-from providers.base import MailProvider
+from providers.base import MailProvider, RemoteMessage, no_guard
 from providers.gmail import GmailClient
 from providers.oauth import OAuthCredentials
 from providers.outlook import OutlookClient
 from syncguard.db import service_session
 from tasks.guard import CallScope, guarded_call
 from tasks.sync.jobs import start_job
+from tasks.sync.mailbox_copy import upsert_messages
 from tasks.sync.pipeline import SyncRun
 from tasks.sync.requests import sync_flight
 
@@ -69,7 +75,8 @@ def _store(provider: Provider) -> Store:
         return store
 
 
-def _client(store: Store, emulator: dict[str, object]) -> MailProvider:
+def _client(store: Store, emulator: dict[str, object], *, guarded: bool = True) -> MailProvider:
+    """The store's adapter on the emulator; ``guarded=False`` is the naive product's (no guard)."""
     grant = emulator["grant"]
     assert isinstance(grant, dict)
     creds = OAuthCredentials(grant["client_id"], grant["client_secret"], grant["refresh_token"])
@@ -78,20 +85,21 @@ def _client(store: Store, emulator: dict[str, object]) -> MailProvider:
     def guard(operation: str, cost: int) -> object:
         return guarded_call(scope, operation, cost=cost)
 
+    call_guard = guard if guarded else no_guard
     url = str(emulator["url"])
     if store.provider is Provider.GMAIL:
         return GmailClient(
             creds,
             base_url=url,
             token_url=f"{url}/oauth2/token",
-            call_guard=guard,  # type: ignore[arg-type]
+            call_guard=call_guard,  # type: ignore[arg-type]
             page_size=PAGE_SIZE,
         )
     return OutlookClient(
         creds,
         base_url=url,
         token_url=f"{url}/oauth2/v2.0/token",
-        call_guard=guard,  # type: ignore[arg-type]
+        call_guard=call_guard,  # type: ignore[arg-type]
         page_size=PAGE_SIZE,
     )
 
@@ -136,6 +144,44 @@ def _rows(store_id: uuid.UUID, count: int) -> list[dict[str, object]]:
 
 
 def run_naive(provider: Provider, count: int) -> float:
+    """The naive product: the same adapter without a guard, one ORM INSERT per message, a
+    commit per page; stops after the page that reaches ``count`` messages (the emulator holds
+    at least that many). Messages per second, fetching included."""
+    emulator = json.loads(os.environ["BENCH_EMULATOR"])
+    store = _store(provider)
+    client = _client(store, emulator, guarded=False)
+    stored, token = 0, None
+    started = time.perf_counter()
+    while stored < count:
+        page = client.list_page(token)
+        with service_session() as session:
+            for message in page.messages[: count - stored]:
+                session.add(
+                    SyncedMessage(
+                        store_id=store.id,
+                        provider_message_id=message.provider_message_id,
+                        thread_id=message.thread_id,
+                        labels=list(message.labels),
+                        subject=message.subject,
+                        sender=message.sender,
+                        received_at=message.received_at,
+                        size_bytes=message.size_bytes,
+                        provider_version=message.version,
+                        extra={},
+                    )
+                )
+                session.flush()
+                stored += 1
+        if page.next_page_token is None:
+            break
+        token = page.next_page_token
+    elapsed = time.perf_counter() - started
+    client.close()
+    _check_and_drop(store.id, count)
+    return count / elapsed
+
+
+def run_insert(provider: Provider, count: int) -> float:
     """One ORM INSERT per message, a commit per 100; messages per second."""
     store = _store(provider)
     rows = _rows(store.id, count)
@@ -145,6 +191,34 @@ def run_naive(provider: Provider, count: int) -> float:
             for row in rows[first : first + 100]:
                 session.add(SyncedMessage(**row))
                 session.flush()
+    elapsed = time.perf_counter() - started
+    _check_and_drop(store.id, count)
+    return count / elapsed
+
+
+def run_write(provider: Provider, count: int) -> float:
+    """Our write path alone: pages of ``PAGE_SIZE`` through ``upsert_messages``, a transaction
+    each (as ``SyncRun`` commits a page); messages per second."""
+    store = _store(provider)
+    now = datetime.now(UTC)
+    # The fields of ``_rows``: the same rows the naive loop writes.
+    messages = [
+        RemoteMessage(
+            provider_message_id=f"{i:016x}",
+            thread_id=f"{i:016x}",
+            labels=("INBOX", "Label_orders", "UNREAD"),
+            subject=f"Your order #{i} has shipped",
+            sender=f"shop{i % 97}@example.com",
+            received_at=now,
+            size_bytes=512,
+            version=str(1000 + i),
+        )
+        for i in range(count)
+    ]
+    started = time.perf_counter()
+    for first in range(0, count, PAGE_SIZE):
+        with service_session() as session:
+            upsert_messages(session, store.id, messages[first : first + PAGE_SIZE])
     elapsed = time.perf_counter() - started
     _check_and_drop(store.id, count)
     return count / elapsed
@@ -183,7 +257,14 @@ def _check_and_drop(store_id: uuid.UUID, count: int) -> None:
 def main() -> None:
     """Run one mode; print its rate and this process's peak RSS."""
     mode, provider, count = sys.argv[1], Provider(sys.argv[2]), int(sys.argv[3])
-    rate = {"sync": run_sync, "naive": run_naive, "copy": run_copy}[mode](provider, count)
+    modes = {
+        "sync": run_sync,
+        "naive": run_naive,
+        "insert": run_insert,
+        "write": run_write,
+        "copy": run_copy,
+    }
+    rate = modes[mode](provider, count)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rate": rate, "rss_mb": rss_mb}), flush=True)
 
