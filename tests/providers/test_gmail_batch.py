@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
+from providers import gmail_batch
 from providers.emulator.runner import EmulatorHandle, running_emulator
 from providers.errors import ProviderThrottled, ProviderUnavailable
 from providers.gmail import GmailClient
@@ -111,3 +114,43 @@ def test_one_inner_5xx_raises_unavailable_like_a_plain_call(box: Mailbox) -> Non
 def test_batch_size_is_bounded_by_gmail_limit(box: Mailbox) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         client(box, Guard(), batch_size=101)
+
+
+def _post_batch(box: Mailbox, content_type: str, body: bytes) -> httpx.Response:
+    """A raw batch request with the mailbox's own token: the emulator's parser on its own."""
+    token = client(box, Guard()).session.refresh().access_token
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+    return httpx.post(f"{box.url}/batch/gmail/v1", content=body, headers=headers)
+
+
+def test_the_emulator_reads_a_batch_with_a_preamble_and_bare_line_feeds(box: Mailbox) -> None:
+    ids = [box.add(f"m{i}") for i in range(2)]
+    body = "".join(
+        f"--b1\nContent-Type: application/http\nContent-ID: <c{n}>\n\n"
+        f"GET /gmail/v1/users/me/messages/{i}?format=minimal HTTP/1.1\n\n"
+        for n, i in enumerate(ids)
+    )
+    answer = _post_batch(
+        box, "multipart/mixed; boundary=b1", f"a preamble\n{body}--b1--\n".encode()
+    )
+
+    assert answer.status_code == 200
+    decoded = gmail_batch.decode(answer)
+    assert sorted(decoded) == ["c0", "c1"]
+    assert [json.loads(decoded[f"c{n}"].body)["id"] for n in range(2)] == ids
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", b'{"not": "multipart"}'),
+        ("multipart/mixed", b"--b1\r\n\r\nGET /x HTTP/1.1\r\n\r\n--b1--\r\n"),  # no boundary
+        ("multipart/mixed; boundary=b1", b"--b1\r\n\r\nGET /x HTTP/1.1\r\n\r\n"),  # truncated
+        ("multipart/mixed; boundary=b1", b"--b1--\r\n"),  # no calls
+    ],
+    ids=["json", "no-boundary", "truncated", "empty"],
+)
+def test_unsplittable_batch_refused(box: Mailbox, content_type: str, body: bytes) -> None:
+    box.add("m0")
+    answer = _post_batch(box, content_type, body)
+    assert answer.status_code == 400
