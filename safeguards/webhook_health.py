@@ -214,7 +214,8 @@ CHUNK = 1_000
 #: input of their health, in one statement: LATERAL probes on the (store_id, created_at) and
 #: (store_id, status) indexes, so its cost grows with the chunk, not with the history.
 _INPUTS = """
-SELECT s.id, s.store_id, s.provider, s.status, s.expires_at, s.consecutive_renewal_failures,
+SELECT s.id, s.store_id, s.business_id, s.provider, s.status, s.expires_at,
+       s.consecutive_renewal_failures,
        s.last_renewed_at, s.created_at, s.last_notification_at,
        coalesce(w.total, 0) AS total, coalesce(w.failed, 0) AS failed,
        r.outcomes, r.errors,
@@ -265,8 +266,16 @@ class SubscriptionInputs:
     inputs: HealthInputs
 
 
+def inputs_sql(where: str) -> str:
+    """The chunk's input SELECT (one row per live subscription, every input of its health) as
+    SQL text, restricted by ``where`` (over ``s``, the subscriptions); binds ``:since``,
+    ``:horizon``, ``:now``, ``:limit`` and those of ``where``. ``webhook_health_sql`` scores it
+    in SQL."""
+    return _INPUTS.format(sample=PATTERN_SAMPLE, where=where)
+
+
 def _statement(where: str) -> Any:
-    return text(_INPUTS.format(sample=PATTERN_SAMPLE, where=where))
+    return text(inputs_sql(where))
 
 
 _BY_KEYSET = _statement("s.id > :after AND s.id <= :last")

@@ -32,7 +32,8 @@ from models import (
 )
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.redis_state import get_redis, key
-from safeguards.webhook_health import CHUNK, record_health_chunk
+from safeguards.webhook_health import CHUNK
+from safeguards.webhook_health_sql import log_health_chunk
 from syncguard.db import service_session
 from syncguard.settings import get_settings
 from tasks import app
@@ -178,15 +179,14 @@ def check_subscription_health() -> dict[str, Any]:
 @app.task(name="tasks.webhooks.check_subscription_health_chunk")  # type: ignore[untyped-decorator]
 def check_subscription_health_chunk(now: str, after: str, last: str) -> dict[str, int]:
     """Log the health of the live subscriptions with ``after < id <= last`` as of ``now`` (ISO
-    8601, the run's database time): one SELECT of all inputs, one multi-row INSERT; renew those
-    below ``health_renew_below``. Returns subscriptions checked and renewals enqueued."""
-    threshold = get_settings().health_renew_below
+    8601, the run's database time): one statement reads, scores (in SQL) and logs them and
+    returns those below ``health_renew_below``, which are renewed. Returns subscriptions checked
+    and renewals enqueued."""
     with service_session() as session:
-        readings = record_health_chunk(
+        outcome = log_health_chunk(
             session, datetime.fromisoformat(now), after=uuid.UUID(after), last=uuid.UUID(last)
         )
-    unhealthy = [g.subscription_id for g, r in readings if r.score < threshold]
-    return {"checked": len(readings), "renewing": len(request_renewals(unhealthy))}
+    return {"checked": outcome.checked, "renewing": len(request_renewals(outcome.unhealthy))}
 
 
 def ensure_healthy_subscription(store_id: uuid.UUID | str) -> bool:
