@@ -30,7 +30,7 @@ from safeguards.errors import (
     TransientFailure,
     ValidationFailure,
 )
-from safeguards.health_metrics.prometheus import count_decision, count_decisions
+from safeguards.health_metrics.prometheus import COUNTERS, count_decision, count_decisions
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.limiter import get_rate_limiter
 from safeguards.storable import DATA_ERRORS, data_error_kind, data_error_reason
@@ -254,5 +254,6 @@ def _degraded(which: str, exc: SafeguardUnavailable, *, may_refuse: bool = True)
 
 
 # A prefork child leaves by os._exit, past atexit: its deferred outcomes (successes, leases)
-# are sent here, or its leases would block the store's concurrency until they expire.
-worker_process_shutdown.connect(lambda **_: DEFERRED.flush(), weak=False)
+# are sent here, or its leases would block the store's concurrency until they expire; then its
+# buffered counters (decisions, task runs), or what it counted since the last flush is lost.
+worker_process_shutdown.connect(lambda **_: (DEFERRED.flush(), COUNTERS.flush()), weak=False)

@@ -1,11 +1,12 @@
 """Prometheus counters and histograms kept in Redis: every worker on every host adds to one total.
 
 Each observation is one MULTI/EXEC pipeline of HINCRBY / HINCRBYFLOAT on hashes under the
-configured key prefix (one hash tag, so it also runs on Redis Cluster). The hottest counter, the
-safeguards' decisions (two per guarded call), is summed in process instead and rides along with
-the next observation's MULTI (every task run sends one), or is flushed by a background thread
-within ``FLUSH_INTERVAL_S`` / once ``FLUSH_EVENTS`` are pending: HINCRBY of a sum adds up to
-the same total across processes and hosts. A scrape reads the hashes
+configured key prefix (one hash tag, so it also runs on Redis Cluster). The hot counters (the
+safeguards' decisions, two per guarded call; the task runs; the webhook deliveries) are
+summed in process instead and ride along with the next observation's MULTI, or are flushed by
+a background thread within ``FLUSH_INTERVAL_S`` / once ``FLUSH_EVENTS`` are pending (and by a
+scrape of the process, and when a worker child exits): HINCRBY of a sum adds up to the same
+total across processes and hosts. A scrape reads the hashes
 back (``RedisCounterCollector``) and adds gauges read at scrape time from PostgreSQL and the broker.
 Recording never fails the caller: when Redis is unreachable the observation is skipped, logged,
 and counted into ``system_health_metrics`` as ``prometheus_observations_lost``.
@@ -136,15 +137,6 @@ def _inc(pipe: Pipeline, family: Family, values: tuple[str, ...], amount: int = 
     pipe.hincrby(family.redis_key(), _field(values), amount)
 
 
-def _observe(pipe: Pipeline, family: Family, values: tuple[str, ...], value_s: float) -> None:
-    slot = bisect.bisect_left(family.buckets, value_s)
-    hkey = family.redis_key()
-    if slot < len(family.buckets):  # past the last bound only +Inf (the count) holds it
-        pipe.hincrby(hkey, _field(values, f"b{slot}"), 1)
-    pipe.hincrby(hkey, _field(values, "count"), 1)
-    pipe.hincrbyfloat(hkey, _field(values, "sum"), value_s)
-
-
 class CounterStore:
     """Writes observations to Redis; backs off after a failure and counts what it lost."""
 
@@ -156,6 +148,8 @@ class CounterStore:
         self.lost = 0
         #: Summed increments not yet sent: {(hash key, field): amount}, and this process's id.
         self._pending: dict[tuple[str, str], int] = defaultdict(int)
+        #: Summed float increments not yet sent (histogram sums): {(hash key, field): amount}.
+        self._pending_sums: dict[tuple[str, str], float] = defaultdict(float)
         self._pending_events = 0
         self._owner = os.getpid()
         self._flusher: threading.Thread | None = None
@@ -164,12 +158,21 @@ class CounterStore:
         """Buffer one counter increment; sent with the next observation or flush."""
         self.add_fields(((family.redis_key(), _field(values)),), amount)
 
-    def add_fields(self, fields: Iterable[tuple[str, str]], amount: int = 1) -> None:
-        """Buffer an increment of each (hash key, field); the hot path's form (no encoding)."""
+    def add_fields(
+        self,
+        fields: Iterable[tuple[str, str]],
+        amount: int = 1,
+        sums: Iterable[tuple[tuple[str, str], float]] = (),
+    ) -> None:
+        """Buffer an increment of each (hash key, field), and of each float in ``sums`` (a
+        histogram's sum, seconds); the hot path's form (no encoding)."""
         with self._lock:
             self._adopt()
             for hash_field in fields:
                 self._pending[hash_field] += amount
+                self._pending_events += 1
+            for hash_field, value in sums:
+                self._pending_sums[hash_field] += value
                 self._pending_events += 1
             full = self._pending_events >= FLUSH_EVENTS
             if self._flusher is None:
@@ -189,12 +192,14 @@ class CounterStore:
         if self._owner != os.getpid():
             self._owner, self._flusher = os.getpid(), None
             self._pending, self._pending_events = defaultdict(int), 0
+            self._pending_sums = defaultdict(float)
 
-    def _drain(self) -> dict[tuple[str, str], int]:
+    def _drain(self) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]:
         with self._lock:
             self._adopt()
             pending, self._pending, self._pending_events = self._pending, defaultdict(int), 0
-        return pending
+            sums, self._pending_sums = self._pending_sums, defaultdict(float)
+        return pending, sums
 
     def _flush_forever(self) -> None:
         while True:
@@ -212,10 +217,12 @@ class CounterStore:
             self._lose(None)
             return False
         try:
-            pending = self._drain()
+            pending, sums = self._drain()
             with self._client().pipeline(transaction=True) as pipe:
                 for (hkey, field), amount in pending.items():
                     pipe.hincrby(hkey, field, amount)
+                for (hkey, field), value in sums.items():
+                    pipe.hincrbyfloat(hkey, field, value)
                 build(pipe)
                 pipe.execute()
         except redis.RedisError as exc:
@@ -266,13 +273,28 @@ atexit.register(COUNTERS.flush)
 
 
 def count_task(task: str, outcome: str, duration_s: float) -> None:
-    """Count one task run and observe its duration."""
+    """Count one task run and observe its duration (seconds).
 
-    def build(pipe: Pipeline) -> None:
-        _inc(pipe, TASKS_TOTAL, (task, outcome))
-        _observe(pipe, TASK_DURATION, (task,), duration_s)
+    Buffered like the safeguards' decisions (flushed within ``FLUSH_INTERVAL_S``, by a scrape
+    of this process, and when a worker child exits): a MULTI of its own per task run was ~18 %
+    of a guarded no-op task's worker CPU (py-spy under bench/tasks.py), as much as the guard.
+    """
+    at = get_settings().redis_prefix
+    fields = [_task_field(at, TASKS_TOTAL, (task, outcome))]
+    slot = bisect.bisect_left(TASK_BUCKETS_S, duration_s)
+    if slot < len(TASK_BUCKETS_S):  # past the last bound only +Inf (the count) holds it
+        fields.append(_task_field(at, TASK_DURATION, (task,), f"b{slot}"))
+    fields.append(_task_field(at, TASK_DURATION, (task,), "count"))
+    total = _task_field(at, TASK_DURATION, (task,), "sum")
+    COUNTERS.add_fields(fields, sums=((total, duration_s),))
 
-    COUNTERS.send(build)
+
+@cache
+def _task_field(
+    prefix: str, family: Family, values: tuple[str, ...], suffix: str = ""
+) -> tuple[str, str]:
+    # Encoded once per (prefix, task, outcome or bucket): a few dozen per worker.
+    return family.redis_key(), _field(values, suffix)
 
 
 def count_decision(safeguard: Safeguard, decision: Decision) -> None:
@@ -303,16 +325,31 @@ def count_webhook(
     outcome: WebhookOutcome = "processed",
     ignored: Iterable[str] = (),
 ) -> None:
-    """Count a delivery (status class, outcome), its ignored notifications, its latency."""
-    reasons = [str(reason) for reason in ignored]
+    """Count a delivery (status class, outcome), its ignored notifications, its latency.
 
-    def build(pipe: Pipeline) -> None:
-        _inc(pipe, WEBHOOK_DELIVERIES, (provider, kind, f"{status // 100}xx", outcome))
-        for reason in reasons:
-            _inc(pipe, WEBHOOK_IGNORED, (provider, kind, reason))
-        _observe(pipe, WEBHOOK_DURATION, (provider, kind), duration_s)
+    Buffered like the safeguards' decisions (flushed within ``FLUSH_INTERVAL_S``, and by a
+    scrape of this process): a MULTI of its own was one more Redis round trip per delivery,
+    ~5 % of the Graph receiver's samples (py-spy under bench/receiver.py's load).
+    """
+    at = get_settings().redis_prefix
+    status_class = f"{status // 100}xx"
+    fields = [_webhook_field(at, WEBHOOK_DELIVERIES, (provider, kind, status_class, outcome))]
+    fields += [_webhook_field(at, WEBHOOK_IGNORED, (provider, kind, str(r))) for r in ignored]
+    slot = bisect.bisect_left(WEBHOOK_BUCKETS_S, duration_s)
+    if slot < len(WEBHOOK_BUCKETS_S):  # past the last bound only +Inf (the count) holds it
+        fields.append(_webhook_field(at, WEBHOOK_DURATION, (provider, kind), f"b{slot}"))
+    fields.append(_webhook_field(at, WEBHOOK_DURATION, (provider, kind), "count"))
+    total = _webhook_field(at, WEBHOOK_DURATION, (provider, kind), "sum")
+    COUNTERS.add_fields(fields, sums=((total, duration_s),))
 
-    COUNTERS.send(build)
+
+@cache
+def _webhook_field(
+    prefix: str, family: Family, values: tuple[str, ...], suffix: str = ""
+) -> tuple[str, str]:
+    # Encoded once per (prefix, label values), a handful per receiver; the prefix is part of
+    # the cache key because the hash's key carries it.
+    return family.redis_key(), _field(values, suffix)
 
 
 def count_value_repairs(table: str, fields: Iterable[str], repair: str) -> None:
@@ -374,7 +411,8 @@ class RedisCounterCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Every family now."""
+        """Every family now (this process's buffered increments sent first)."""
+        COUNTERS.flush()
         up = GaugeMetricFamily(
             "syncguard_metrics_source_up",
             "1 when the scrape could read this source, else 0.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from safeguards.health_metrics.prometheus import (
+    COUNTERS,
+    FLUSH_INTERVAL_S,
     TASK_DURATION,
     CounterStore,
     count_task,
@@ -70,14 +73,19 @@ def test_counters_move_as_a_real_worker_runs_tasks(
     # When a safeguarded task runs twice on a worker process
     for _ in range(2):
         workload.flaky.delay(store_id, uuid.uuid4().hex).get(timeout=30)
-    # Then the shared counters moved by exactly that
-    after = scrape(client)
+    # Then the shared counters moved by exactly that, once the worker's buffer is sent (its
+    # flush thread sends within FLUSH_INTERVAL_S; the bound here is for a loaded machine)
     done = {**task, "outcome": "succeeded"}
-    assert (
-        sample(after, "syncguard_tasks_total", **done)
-        - sample(before, "syncguard_tasks_total", **done)
-        == 2
-    )
+    deadline = time.monotonic() + 30 * FLUSH_INTERVAL_S
+    while True:
+        after = scrape(client)
+        moved = sample(after, "syncguard_tasks_total", **done) - sample(
+            before, "syncguard_tasks_total", **done
+        )
+        if moved >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(FLUSH_INTERVAL_S / 4)
+    assert moved == 2
     count = "syncguard_task_duration_seconds_count"
     assert sample(after, count, **task) - sample(before, count, **task) == 2
     assert sample(after, "syncguard_task_duration_seconds_bucket", le="+Inf", **task) == sample(
@@ -107,6 +115,7 @@ def test_histogram_buckets_are_cumulative() -> None:
     task = f"t-{uuid.uuid4().hex[:6]}"
     for seconds in (0.003, 0.2, 0.2, 7.0, 900.0):
         count_task(task, "succeeded", seconds)
+    assert COUNTERS.flush()  # buffered in process until a flush
     family = read_family(TASK_DURATION, get_redis().hgetall(TASK_DURATION.redis_key()))
     mine = {
         s.labels["le"]: s.value
