@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Stores per SELECT, pipelined round trip and INSERT.
 CHUNK = 250
+#: Broker operations one pipelined publish carries (a chunk's messages: one round trip).
+PUBLISH_BATCH = 1_000
 
 _STALE = text(
     """
@@ -208,22 +210,35 @@ _NO_SENT_EVENT = _NoSentEvent()
 def _publish(
     store_ids: list[uuid.UUID], planned: dict[uuid.UUID, uuid.UUID], tasks: dict[uuid.UUID, str]
 ) -> None:
-    """Send each job's message over one broker connection (no ``task-sent`` events); on a
-    failure the unsent jobs' markers are withdrawn (their rows stay queued for the recovery
-    sweep) and it raises."""
+    """Send each job's message over one broker connection, batched (no ``task-sent`` events);
+    on a failure the unsent jobs' markers are withdrawn (their rows stay queued for the recovery
+    sweep) and it raises.
+
+    ``Producer.batch``: on Redis the messages go in one pipelined round trip at the end (one
+    LPUSH round trip per message before); brokers without batching (RabbitMQ) publish each at
+    once, as before. A batch whose flush fails has an uncertain outcome (kombu's
+    BatchPublishError): its jobs count as unsent, so a message that did arrive may be sent again
+    by the sweep, which the ledger makes harmless (a job runs once); none is lost.
+    """
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
-            for sid in store_ids:
-                app.send_task(
-                    SYNC_TASK,
-                    args=[str(sid)],
-                    kwargs={"job_id": str(planned[sid])},
-                    task_id=tasks[sid],
-                    producer=producer,
-                    event_dispatcher=_NO_SENT_EVENT,  # passed on to amqp.send_task_message
-                )
-                sent += 1
+            with producer.batch(max_size=PUBLISH_BATCH):
+                for sid in store_ids:
+                    app.send_task(
+                        SYNC_TASK,
+                        args=[str(sid)],
+                        kwargs={"job_id": str(planned[sid])},
+                        task_id=tasks[sid],
+                        producer=producer,
+                        event_dispatcher=_NO_SENT_EVENT,  # passed on to amqp.send_task_message
+                        # Nothing reads a sync's Celery result (its job row is its record); with
+                        # one, the publisher SUBSCRIBEs to each task's result channel on the
+                        # Redis backend and UNSUBSCRIBEs when the AsyncResult is dropped: two
+                        # round trips per message, 1.0 s of a 2.7 s cProfiled 1,000-store publish.
+                        ignore_result=True,
+                    )
+            sent = len(store_ids)  # flushed when the batch closed
     except BaseException:
         log.warning(
             "reconciliation: %d of %d messages unsent", len(store_ids) - sent, len(store_ids)
