@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 STATE_TTL_S = 7 * 24 * 3600
 #: Operations that may change a circuit's hash, so mark it for the mirror.
 _CHANGING = frozenset({"allow", "success", "failure", "ignored", "reset", "settle"})
-#: Circuits one mirror round trip and one upsert statement carry.
-FLUSH_CHUNK = 2_000
+#: Circuits one mirror round trip and one upsert statement carry (the budget is checked after each).
+FLUSH_CHUNK = 1_000
 #: Seconds one mirror run may spend before leaving the rest to the next run (period 5 s).
 FLUSH_BUDGET_S = 1.0
 #: Circuit keys the backstop scan looks at per mirror run.
