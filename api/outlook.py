@@ -42,6 +42,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from api.errors import Rejected
 from api.graph_items import (
@@ -61,12 +63,12 @@ from api.intake import (
     publish_after_commit,
     read_intake,
 )
-from api.lookups import outlook_subscriptions, subscriptions_touch
+from api.lookups import SubscriptionRef, outlook_subscriptions, subscriptions_touch
 from api.outcomes import Ignored, as_ignored
 from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import SyncTrigger
 from safeguards.errors import ValidationFailure
-from syncguard.db import service_session
+from syncguard.db import service_session, statement_connection
 from tasks import app as celery_app
 from tasks.sync.requests import PlannedSync, plan_sync, reserve_sync
 
@@ -152,40 +154,62 @@ def _commit(
     planned: list[PlannedSync],
     together: bool,
 ) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]]:
-    """One transaction: subscriptions looked up, job rows, subscriptions touched, delivery rows.
+    """Subscriptions looked up, then job rows, subscriptions touched and delivery rows written.
 
-    ``together``: the job rows are written in the receipt's one statement (StoreChanged when a
-    store is no longer active); else one by one, each store's refusal becoming an ignored
-    verdict. Plans are appended to ``planned``. Returns the verdicts, the lifecycle sends to
-    make once committed, and the delivery rows' ids.
+    ``together``: on an autocommit connection, the lookup and then the receipt's one statement
+    (api.receipt), each its own transaction: two PostgreSQL round trips in all, where a
+    transaction around them cost a BEGIN, a COMMIT and the pool's ping more (a lookup in the
+    writes' transaction would lock nothing anyway, and the statement writes a job row only for
+    a store still active then). StoreChanged, nothing written, when a store is no longer
+    active. Else one transaction, job rows one by one, each store's refusal becoming an
+    ignored verdict. Plans are appended to ``planned``. Returns the verdicts, the lifecycle
+    sends to make once committed, and the delivery rows' ids.
     """
+    wanted = subscription_ids(items)
+    if together:
+        lookup = functools.partial(outlook_subscriptions, subscription_ids=wanted)
+        with statement_connection(lookup) as (connection, found):
+            return _write(intake, connection, None, items, found, lifecycle_url, planned)
     with service_session() as session:
         connection = session.connection()
-        subscriptions = outlook_subscriptions(connection, subscription_ids(items))
-        judged = [judge(item, subscriptions, lifecycle_url) for item in items]
-        syncs, sends = _wanted(judged)
-        jobs: list[tuple[PlannedSync, SyncTrigger]] = []
-        failed: dict[uuid.UUID, Ignored] = {}
-        for store_id, trigger in syncs.items():
-            if together:
-                plan = reserve_sync(session, store_id)
-                if plan is not None:
-                    planned.append(plan)
-                    jobs.append((plan, trigger))
-                continue
-            try:
-                plan = plan_sync(session, store_id, trigger)
-            except ValidationFailure as exc:  # one store's fate must not refuse the others
-                # Raised before any write (the store vanished or was paused since the lookup),
-                # so the transaction goes on for the other stores.
-                failed[store_id] = as_ignored(exc)
-            else:
-                if plan is not None:
-                    planned.append(plan)
-        verdicts = [_with_failure(v, failed) for v in judged]
-        touched, rows = _log_rows(verdicts)
-        touch = subscriptions_touch(touched) if touched else None
-        logged = write_receipt(connection, jobs, touch, rows, intake.elapsed_ms())
+        found = outlook_subscriptions(connection, wanted)
+        return _write(intake, connection, session, items, found, lifecycle_url, planned)
+
+
+def _write(
+    intake: Intake,
+    connection: Connection,
+    session: Session | None,
+    items: list[Any],
+    subscriptions: dict[str, SubscriptionRef],
+    lifecycle_url: bool,
+    planned: list[PlannedSync],
+) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]]:
+    """``_commit``'s writes: in the receipt's statement (``session`` None) or one by one."""
+    judged = [judge(item, subscriptions, lifecycle_url) for item in items]
+    syncs, sends = _wanted(judged)
+    jobs: list[tuple[PlannedSync, SyncTrigger]] = []
+    failed: dict[uuid.UUID, Ignored] = {}
+    for store_id, trigger in syncs.items():
+        if session is None:
+            plan = reserve_sync(None, store_id)
+            if plan is not None:
+                planned.append(plan)
+                jobs.append((plan, trigger))
+            continue
+        try:
+            plan = plan_sync(session, store_id, trigger)
+        except ValidationFailure as exc:  # one store's fate must not refuse the others
+            # Raised before any write (the store vanished or was paused since the lookup),
+            # so the transaction goes on for the other stores.
+            failed[store_id] = as_ignored(exc)
+        else:
+            if plan is not None:
+                planned.append(plan)
+    verdicts = [_with_failure(v, failed) for v in judged]
+    touched, rows = _log_rows(verdicts)
+    touch = subscriptions_touch(touched) if touched else None
+    logged = write_receipt(connection, jobs, touch, rows, intake.elapsed_ms())
     return verdicts, sends, logged
 
 

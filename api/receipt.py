@@ -8,8 +8,10 @@ lookup, this statement and COMMIT. The caller's transaction stays the unit: noth
 published before it commits (the ledger rule of ``tasks.sync.requests``).
 
 A job row is written only for a store that is active at that moment (the statement of
-``tasks.sync.jobs``); should one not be written, ``StoreChanged`` is raised and the caller rolls
-the whole transaction back and takes its general path, which says why per store.
+``tasks.sync.jobs``); should one not be written, the statement writes nothing else either (the
+touch and the log rows are conditioned on every job row's RETURNING), ``StoreChanged`` is raised
+and the caller takes its general path, which says why per store. So the statement is also a
+whole transaction on its own: on an autocommit connection (api.outlook) it commits all or none.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from sqlalchemy import (
     Dialect,
     String,
     Update,
+    and_,
     bindparam,
+    exists,
     insert,
     literal,
     select,
+    true,
     union_all,
 )
 
@@ -66,8 +71,8 @@ def write_receipt(
     """Write ``jobs``' rows, the subscriptions' ``touch`` (see api.lookups) and ``rows``; one
     statement.
 
-    Returns the delivery rows' ids. Raises StoreChanged (the caller must roll back) when a job
-    row was not written; SQLAlchemy's errors when the database is unreachable.
+    Returns the delivery rows' ids. Raises StoreChanged when a job row was not written (then
+    nothing was); SQLAlchemy's errors when the database is unreachable.
     """
     if not rows:  # nothing verified: no job to write and no subscription to touch either
         return []
@@ -114,13 +119,16 @@ def _template(
         placeholders.append((store, job, task))
         ctes.append(insert_job(store, trigger, job, task).cte(f"job_{i}"))
         written.append(select(literal("job", String), ctes[-1].c.id))
+    # The other CTEs write only once every job row was (each RETURNs its id, or nothing): the
+    # snapshot is shared, so a CTE sees another's outcome only through its RETURNING.
+    every_job = and_(true(), *(exists(cte.select()) for cte in ctes))
     if touch is not None:
-        ctes.append(touch.cte("touch"))
+        ctes.append(touch.where(every_job).cte("touch"))
     columns = WebhookDeliveryLog.__table__.c
     for i in range(n_rows):
-        values = {name: bindparam(f"log_{i}_{name}", type_=columns[name].type) for name in _LOG}
-        log = insert(WebhookDeliveryLog).values(values).returning(WebhookDeliveryLog.id)
-        ctes.append(log.cte(f"log_{i}"))
+        values = [bindparam(f"log_{i}_{name}", type_=columns[name].type) for name in _LOG]
+        log = insert(WebhookDeliveryLog).from_select(_LOG, select(*values).where(every_job))
+        ctes.append(log.returning(WebhookDeliveryLog.id).cte(f"log_{i}"))
         written.append(select(literal("log", String), ctes[-1].c.id))
     statement = union_all(*written).add_cte(*ctes)
     compiled = statement.compile(dialect=dialect).params

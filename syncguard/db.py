@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from syncguard.settings import Settings, get_settings
+
+T = TypeVar("T")
 
 #: The per-transaction setting tenant policies compare ``business_id`` with.
 TENANT_SETTING = "syncguard.business_id"
@@ -46,10 +49,10 @@ def get_engine(url: str | None = None, role: str | None = None) -> Engine:
     return _engines[key]
 
 
-def _create_engine(url: str, role: str) -> Engine:
+def _create_engine(url: str, role: str, **options: Any) -> Engine:
     # hide_parameters: an error's text (logged, archived with its traceback) never carries the
     # bound values, which can be a key prefix, a token hash or a message's content.
-    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    engine = create_engine(url, **{"pool_pre_ping": True, "hide_parameters": True, **options})
     if role:
 
         @event.listens_for(engine, "connect")
@@ -61,6 +64,48 @@ def _create_engine(url: str, role: str) -> Engine:
             dbapi_connection.commit()
 
     return engine
+
+
+#: One autocommit engine per (url, role) per process (see statement_connection).
+_statement_engines: dict[tuple[str, str], Engine] = {}
+
+
+@contextmanager
+def statement_connection(first: Callable[[Connection], T]) -> Iterator[tuple[Connection, T]]:
+    """A service-role connection in autocommit, and ``first``'s result on it.
+
+    For a hot path whose writes fit one statement: every statement is its own transaction,
+    committed when it returns, so there is no BEGIN or COMMIT round trip. Its pool does not
+    ping at checkout either (one more round trip each time): ``first``, which must be safe to
+    run twice (a read), runs once more on a fresh connection when its pooled one was found dead
+    (the database restarted since; SQLAlchemy then discards the pool's older connections too).
+    Raises SQLAlchemy's errors otherwise, and a second failure.
+    """
+    settings = get_settings()
+    key = (database_url(settings), settings.db_service_role)
+    if key not in _statement_engines:
+        _statement_engines[key] = _create_engine(
+            *key, pool_pre_ping=False, isolation_level="AUTOCOMMIT"
+        )
+    engine = _statement_engines[key]
+    connection = engine.connect()
+    try:
+        result = first(connection)
+    except DBAPIError as exc:
+        connection.close()
+        if not exc.connection_invalidated:
+            raise
+        connection = engine.connect()
+        try:
+            result = first(connection)
+        except BaseException:
+            connection.close()
+            raise
+    except BaseException:
+        connection.close()
+        raise
+    with connection:
+        yield connection, result
 
 
 @lru_cache(maxsize=4)
@@ -104,7 +149,8 @@ def tenant_session(business_id: uuid.UUID, engine: Engine | None = None) -> Iter
 
 def dispose_engines() -> None:
     """Forget pooled connections inherited from a parent process (call after fork)."""
-    for engine in _engines.values():
+    for engine in (*_engines.values(), *_statement_engines.values()):
         engine.dispose(close=False)
     _engines.clear()
+    _statement_engines.clear()
     _sessionmaker.cache_clear()
