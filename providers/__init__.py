@@ -5,6 +5,8 @@ and the credentials (``providers.oauth``); import the adapters from ``providers.
 ``providers.outlook``. ``providers.emulator`` is a test double that product code never imports.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from providers.base import (
     CallGuard,
     ChangesPage,
@@ -23,7 +25,9 @@ from providers.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from providers.oauth import OAuthCredentials
+
+if TYPE_CHECKING:
+    from providers.oauth import OAuthCredentials
 
 __all__ = [
     "CallGuard",
@@ -42,3 +46,13 @@ __all__ = [
     "Subscription",
     "no_guard",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``OAuthCredentials`` on first use: ``providers.oauth`` loads httpx, which a process that
+    only reads ``providers.base`` (an idle worker) need not carry (issue 12, goal 8)."""
+    if name == "OAuthCredentials":
+        from providers.oauth import OAuthCredentials
+
+        return OAuthCredentials
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

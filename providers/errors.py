@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # annotations only: an idle worker does not load httpx (issue 12, goal 8)
+    import httpx
 
 from providers.retry_after import parse_retry_after
 

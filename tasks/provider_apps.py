@@ -21,7 +21,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import MetricType, Provider, Store
-from providers.oauth import OAuthCredentials
 from safeguards.errors import RateLimited, Refused, SafeguardUnavailable
 from safeguards.health_metrics.recorder import record_metric
 from safeguards.rate_limit.app_limits import AppId
@@ -70,6 +69,9 @@ def store_app(store_id: uuid.UUID) -> AppId | None:
     app = None
     if row is not None and row.credentials_encrypted is not None:
         try:
+            # Imported here: providers.oauth loads httpx, which an idle worker need not carry.
+            from providers.oauth import OAuthCredentials
+
             creds = OAuthCredentials.from_dict(decrypt_json(row.credentials_encrypted))
         except (DecryptionError, KeyError, ValueError) as exc:
             # The call cannot authenticate either: it fails there, with its own category.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 
@@ -15,9 +16,6 @@ from providers.errors import (
     ProviderRequestError,
     ProviderThrottled,
 )
-from providers.gmail import GmailClient
-from providers.oauth import OAuthCredentials
-from providers.outlook import OutlookClient
 from safeguards.errors import (
     AuthenticationFailure,
     CallFailure,
@@ -29,6 +27,9 @@ from safeguards.errors import (
 from syncguard.crypto import decrypt_json, encrypt_json
 from syncguard.db import service_session
 from syncguard.settings import get_settings
+
+if TYPE_CHECKING:
+    from providers.oauth import OAuthCredentials
 
 
 def to_call_failure(exc: BaseException) -> CallFailure | None:
@@ -56,6 +57,8 @@ def store_credentials(store: Store) -> OAuthCredentials:
     """The store's decrypted OAuth credentials (kept in memory only, never in task arguments)."""
     if store.credentials_encrypted is None:
         raise AuthenticationFailure(f"store {store.id} has no credentials: connect it first")
+    from providers.oauth import OAuthCredentials  # see open_client
+
     return OAuthCredentials.from_dict(decrypt_json(store.credentials_encrypted))
 
 
@@ -71,6 +74,11 @@ def save_credentials(store_id: uuid.UUID, credentials: OAuthCredentials) -> None
 
 def open_client(store: Store, call_guard: CallGuard) -> MailProvider:
     """A real HTTP client of the store's mailbox whose every request passes ``call_guard``."""
+    # The adapters load httpx (~6.5 MB with its CLI's rich and pygments): imported when a task
+    # opens one, so an idle worker does not carry them (issue 12, goal 8).
+    from providers.gmail import GmailClient
+    from providers.outlook import OutlookClient
+
     settings = get_settings()
     credentials = store_credentials(store)
     store_id = store.id

@@ -12,7 +12,7 @@ import logging
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models import (
     FailureCategory,
@@ -23,8 +23,6 @@ from models import (
 )
 from providers.base import Subscription
 from providers.errors import ProviderRequestError
-from providers.gmail import GmailClient
-from providers.outlook import OutlookClient
 from safeguards.errors import CallFailure, Refused, ValidationFailure
 from safeguards.health_metrics.recorder import record_metric
 from syncguard.db import service_session
@@ -43,6 +41,10 @@ from tasks.subscriptions import (
     set_status,
     subscription_store,
 )
+
+if TYPE_CHECKING:  # annotations; see _client for the runtime imports
+    from providers.gmail import GmailClient
+    from providers.outlook import OutlookClient
 from tasks.sync.jobs import StoreNotSyncable
 from tasks.sync.requests import request_sync
 
@@ -86,6 +88,9 @@ class SubscriptionTask(SafeguardedTask):
 
 
 def _client(task: SubscriptionTask, store: Store) -> GmailClient | OutlookClient:
+    from providers.gmail import GmailClient
+    from providers.outlook import OutlookClient
+
     client = open_client(store, lambda operation, cost: task.guard(operation, cost=cost))
     assert isinstance(client, GmailClient | OutlookClient)
     return client
@@ -106,6 +111,9 @@ def _graph_expiration() -> datetime:
 
 def _create(task: SubscriptionTask, store: Store) -> tuple[uuid.UUID, Subscription]:
     """Open a new watch / subscription for ``store`` and make it the store's active row."""
+    from providers.gmail import GmailClient
+    from providers.outlook import OutlookClient
+
     settings = get_settings()
     client = _client(task, store)
     try:
@@ -155,6 +163,8 @@ def _renew(task: SubscriptionTask, subscription_id: uuid.UUID, *, reauthorize: b
     sub = load_subscription(subscription_id)
     if sub.status in (SubscriptionStatus.REMOVED, SubscriptionStatus.PENDING):
         return {"skipped": sub.status.value}
+    from providers.gmail import GmailClient
+
     client = _client(task, _load_store(sub.store_id))
     try:
         if isinstance(client, GmailClient):

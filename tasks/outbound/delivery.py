@@ -24,7 +24,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -215,6 +214,8 @@ def _wait(
 
 
 def _post(endpoint: Endpoint, job: dict[str, Any]) -> AttemptOutcome:
+    import httpx  # here: a worker that delivers nothing need not carry it (~6.5 MB)
+
     body = json.dumps(job["payload"], separators=(",", ":")).encode()
     headers = signature_headers(endpoint.secret, job["message_id"], int(time.time()), body)
     headers.update({"content-type": "application/json", "user-agent": _USER_AGENT})
