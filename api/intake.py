@@ -233,7 +233,7 @@ def publish_after_commit(
     pending = list(planned)
     try:
         while pending:
-            pending[0].publish()
+            pending[0].publish(lean=True)  # see tasks.sync.requests.publish
             pending.pop(0)
         for send in sends:
             send()
