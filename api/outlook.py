@@ -156,24 +156,30 @@ def _commit(
 ) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]]:
     """Subscriptions looked up, then job rows, subscriptions touched and delivery rows written.
 
-    ``together``: on an autocommit connection, the lookup and then the receipt's one statement
-    (api.receipt), each its own transaction: two PostgreSQL round trips in all, where a
-    transaction around them cost a BEGIN, a COMMIT and the pool's ping more (a lookup in the
-    writes' transaction would lock nothing anyway, and the statement writes a job row only for
-    a store still active then). StoreChanged, nothing written, when a store is no longer
-    active. Else one transaction, job rows one by one, each store's refusal becoming an
-    ignored verdict. Plans are appended to ``planned``. Returns the verdicts, the lifecycle
-    sends to make once committed, and the delivery rows' ids.
+    ``together``: the job rows are written in the receipt's one statement (StoreChanged, and
+    nothing of the receipt kept, when a store is no longer active); else one by one, each
+    store's refusal becoming an ignored verdict. A body that syncs at most one store (the
+    common case) takes an autocommit connection: the lookup, then the statement, each its own
+    transaction, two PostgreSQL round trips in all where a transaction around them cost a
+    BEGIN, a COMMIT and the pool's ping more (a lookup inside the writes' transaction would
+    lock nothing anyway, and the statement writes a job row only for a store still active
+    then). Several stores' job rows must commit together: one transaction. Plans are appended
+    to ``planned``. Returns the verdicts, the lifecycle sends to make once committed, and the
+    delivery rows' ids.
     """
     wanted = subscription_ids(items)
     if together:
         lookup = functools.partial(outlook_subscriptions, subscription_ids=wanted)
         with statement_connection(lookup) as (connection, found):
-            return _write(intake, connection, None, items, found, lifecycle_url, planned)
+            done = _write(intake, connection, None, items, found, lifecycle_url, planned, True)
+            if done is not None:
+                return done
     with service_session() as session:
         connection = session.connection()
         found = outlook_subscriptions(connection, wanted)
-        return _write(intake, connection, session, items, found, lifecycle_url, planned)
+        done = _write(intake, connection, session, items, found, lifecycle_url, planned, together)
+        assert done is not None  # in a transaction it always writes
+        return done
 
 
 def _write(
@@ -184,19 +190,24 @@ def _write(
     subscriptions: dict[str, SubscriptionRef],
     lifecycle_url: bool,
     planned: list[PlannedSync],
-) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]]:
-    """``_commit``'s writes: in the receipt's statement (``session`` None) or one by one."""
+    together: bool,
+) -> tuple[list[Verdict], list[Callable[[], object]], list[uuid.UUID]] | None:
+    """``_commit``'s writes. ``session`` None: ``connection`` is in autocommit, where only one
+    job row fits the statement's all or nothing (None, nothing done, for more)."""
     judged = [judge(item, subscriptions, lifecycle_url) for item in items]
     syncs, sends = _wanted(judged)
+    if session is None and len(syncs) > 1:
+        return None
     jobs: list[tuple[PlannedSync, SyncTrigger]] = []
     failed: dict[uuid.UUID, Ignored] = {}
     for store_id, trigger in syncs.items():
-        if session is None:
-            plan = reserve_sync(None, store_id)
+        if together:
+            plan = reserve_sync(session, store_id)
             if plan is not None:
                 planned.append(plan)
                 jobs.append((plan, trigger))
             continue
+        assert session is not None
         try:
             plan = plan_sync(session, store_id, trigger)
         except ValidationFailure as exc:  # one store's fate must not refuse the others

@@ -8,10 +8,12 @@ lookup, this statement and COMMIT. The caller's transaction stays the unit: noth
 published before it commits (the ledger rule of ``tasks.sync.requests``).
 
 A job row is written only for a store that is active at that moment (the statement of
-``tasks.sync.jobs``); should one not be written, the statement writes nothing else either (the
-touch and the log rows are conditioned on every job row's RETURNING), ``StoreChanged`` is raised
-and the caller takes its general path, which says why per store. So the statement is also a
-whole transaction on its own: on an autocommit connection (api.outlook) it commits all or none.
+``tasks.sync.jobs``); should one not be written, ``StoreChanged`` is raised and the caller
+rolls the transaction back and takes its general path, which says why per store. The touch and
+the log rows are written only once every job row was (conditioned on their RETURNING), so a
+receipt of at most one job row is all or nothing on its own: on an autocommit connection
+(api.outlook) it needs no rollback. (Of several job rows, those of the stores still active
+would stay: such a receipt needs its transaction.)
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def write_receipt(
     statement.
 
     Returns the delivery rows' ids. Raises StoreChanged when a job row was not written (then
-    nothing was); SQLAlchemy's errors when the database is unreachable.
+    no touch and no delivery row was either; the caller rolls back any other job row);
+    SQLAlchemy's errors when the database is unreachable.
     """
     if not rows:  # nothing verified: no job to write and no subscription to touch either
         return []

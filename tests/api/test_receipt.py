@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, update
 
 from api.intake import Intake
@@ -19,7 +20,7 @@ from api.lookups import subscriptions_touch
 from api.outlook import _commit
 from api.receipt import DeliveryRow, StoreChanged, write_receipt
 from models import Provider, Store, StoreStatus, SyncTrigger
-from syncguard.db import service_session
+from syncguard.db import service_session, statement_connection
 from tasks.sync.requests import PlannedSync
 from tests.api.conftest import deliveries, new_store, new_subscription, subscription
 from tests.api.test_outlook import change
@@ -101,6 +102,30 @@ def test_a_store_paused_since_the_lookup_raises_and_the_rollback_leaves_nothing(
         assert jobs_of(engine, store.id) == []
         assert deliveries(engine, webhook_id=sub.provider_subscription_id) == []
         assert subscription(engine, sub.id).last_notification_at is None
+
+
+def test_a_store_paused_since_the_lookup_writes_nothing_even_without_a_rollback(
+    engine: Engine,
+) -> None:
+    # The receiver runs a one-store receipt on an autocommit connection (its own transaction):
+    # the statement itself, not a rollback, must leave nothing behind.
+    store = new_store(engine, Provider.OUTLOOK)
+    sub = new_subscription(engine, store, "state")
+    with service_session(engine) as session:
+        session.execute(update(Store).where(Store.id == store.id).values(status=StoreStatus.PAUSED))
+
+    with pytest.raises(StoreChanged), statement_connection(lambda c: None) as (connection, _):
+        write_receipt(
+            connection,
+            [(_plan(store), SyncTrigger.WEBHOOK)],
+            subscriptions_touch({sub.id}),
+            [_row(store, sub.provider_subscription_id)],
+            3,
+        )
+
+    assert jobs_of(engine, store.id) == []
+    assert deliveries(engine, webhook_id=sub.provider_subscription_id) == []
+    assert subscription(engine, sub.id).last_notification_at is None
 
 
 def test_the_per_store_path_writes_the_same_rows(engine: Engine) -> None:
