@@ -106,10 +106,13 @@ result_expires = _settings.result_expires_s
 # - worker task events stay on (about a fifth of a no-op's throughput): Flower could switch them
 #   on by its enable_events broadcast, but only every few seconds after it starts, and every task
 #   a worker ran before that would be missing from Flower's history; operators watch it there;
-# - task-sent events stay on: a publisher-side cost Flower cannot switch on remotely (in the
-#   Graph receiver one more Redis PUBLISH per notification and ~6 % of its CPU, py-spy under
-#   bench/receiver.py's load, 2026-11-30), and Flower's task list starts from them (the
-#   arguments in them are redacted, tasks/redaction_hooks.py).
+# - task-sent events stay on: a publisher-side cost Flower cannot switch on remotely, and
+#   Flower's task list starts from them (the arguments in them are redacted,
+#   tasks/redaction_hooks.py). The two hottest publishers of sync messages leave them out per
+#   message, since a sync's job row, committed before its message, already records it as
+#   queued: the webhook receivers (tasks.sync.requests.publish(lean=True); the event was one
+#   more Redis PUBLISH per notification and ~6 % of the Graph receiver's CPU, py-spy under
+#   bench/receiver.py's load) and reconcile_chunk.
 result_extended = False
 task_track_started = False
 worker_send_task_events = True
