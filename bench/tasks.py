@@ -8,6 +8,7 @@ for the whole benchmark, in a throwaway database (migrated) and under their own 
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -147,6 +148,9 @@ _STACK: list[_Stack] = []
 def _stack() -> _Stack:
     if not _STACK:
         _STACK.append(_Stack())
+        # A later benchmark's setup may raise before the module's last one attaches _close:
+        # the workers must still stop when the run ends (a stray pair was found left running).
+        atexit.register(_close)
     return _STACK[0]
 
 
