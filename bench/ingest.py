@@ -101,6 +101,9 @@ def _setup(provider: str, modes: tuple[str, str] = ("sync", "naive")) -> Callabl
                 if mode == peer_mode and "COPY msgs/s" not in notes:  # the ceiling, measured once
                     copy = _measure(env, "copy", provider, rows)
                     notes["COPY msgs/s"] = f"{copy['rate']:,.0f}"
+                    if mode == "naive":  # the fetching alone: what bounds both sides' sync
+                        fetch = _measure(env, "fetch", provider, count)
+                        notes["fetch only (no guard, no write) msgs/s"] = f"{fetch['rate']:,.0f}"
                 return figures["rate"]
 
             return measure

@@ -14,6 +14,8 @@ Modes:
   (no provider calls);
 - ``write``: our write alone: the same rows as pages of ``PAGE_SIZE`` messages, each written by
   ``upsert_messages`` in a transaction of its own (no provider calls);
+- ``fetch``: the naive product's fetching alone (same adapter, no guard, nothing written): the
+  ceiling of any sync through this emulator on this machine;
 - ``copy``: PostgreSQL ``COPY`` of the same rows (no upsert, no provider calls): the ceiling.
 """
 
@@ -181,6 +183,26 @@ def run_naive(provider: Provider, count: int) -> float:
     return count / elapsed
 
 
+def run_fetch(provider: Provider, count: int) -> float:
+    """The unguarded adapter's listing alone, nothing written; messages per second."""
+    emulator = json.loads(os.environ["BENCH_EMULATOR"])
+    store = _store(provider)
+    client = _client(store, emulator, guarded=False)
+    fetched, token = 0, None
+    started = time.perf_counter()
+    while fetched < count:
+        page = client.list_page(token)
+        fetched += len(page.messages)
+        if page.next_page_token is None:
+            break
+        token = page.next_page_token
+    elapsed = time.perf_counter() - started
+    client.close()
+    if fetched < count:
+        raise RuntimeError(f"fetched {fetched} of {count} messages")
+    return count / elapsed
+
+
 def run_insert(provider: Provider, count: int) -> float:
     """One ORM INSERT per message, a commit per 100; messages per second."""
     store = _store(provider)
@@ -262,6 +284,7 @@ def main() -> None:
         "naive": run_naive,
         "insert": run_insert,
         "write": run_write,
+        "fetch": run_fetch,
         "copy": run_copy,
     }
     rate = modes[mode](provider, count)
