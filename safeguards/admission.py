@@ -21,12 +21,14 @@ from typing import Any, NamedTuple
 from models.enums import CircuitState, Provider
 from safeguards.circuit_breaker.breaker import SCRIPT as CIRCUIT_SCRIPT
 from safeguards.circuit_breaker.breaker import CircuitBreaker
+from safeguards.circuit_breaker.dirty import MARKS
 from safeguards.circuit_breaker.states import CircuitId, ScriptReply
 from safeguards.deferred import DEFERRED, Pending, Scope
 from safeguards.hot_script import evalsha
-from safeguards.rate_limit.limiter import CHECK, RateLimiter, get_rate_limiter
-from safeguards.rate_limit.limits import RateLimitDecision
+from safeguards.rate_limit.limiter import CHECK, PendingDecision, RateLimiter, get_rate_limiter
+from safeguards.rate_limit.limits import RateLimitDecision, RateLimits
 from safeguards.redis_state import LuaScript, get_redis
+from syncguard.settings import get_settings
 
 ADMIT = LuaScript("safeguards", "admission", includes=(CIRCUIT_SCRIPT, CHECK))
 SETTLE = LuaScript("safeguards", "settlement", includes=(CIRCUIT_SCRIPT,))
@@ -120,6 +122,67 @@ def admit(
     return Admission(reply, rate)
 
 
+class _Prepared(NamedTuple):
+    """What a scope's admissions of one operation share from call to call, built once."""
+
+    limiter: RateLimiter
+    breaker: CircuitBreaker
+    limits: RateLimits
+    circuit: CircuitId
+    sid: str
+    units: int
+    keys: list[str]
+    #: The circuit's ARGV after op and clock: configuration, no trial, no reason, identity.
+    circuit_tail: tuple[Any, ...]
+    #: The limiter's ARGV after mode, clock, cost and lease: lease TTL, concurrency, windows.
+    limiter_tail: tuple[Any, ...]
+
+
+#: Per (scope, operation, cost, Redis prefix); entries for one store are a handful.
+_PREPARED: dict[tuple[Scope, str, int | None, str], _Prepared] = {}
+_PREPARED_SIZE = 4096
+
+
+def _prepared(scope: Scope, operation: str, cost: int | None) -> _Prepared:
+    """The scope's prepared admission, rebuilt when the limiter, client or limits changed."""
+    limiter, client = get_rate_limiter(), get_redis()
+    cache_key = (scope, operation, cost, get_settings().redis_prefix)
+    found = _PREPARED.get(cache_key)
+    if (
+        found is not None
+        and found.limiter is limiter
+        and found.breaker.client is client
+        and _same(limiter.limits_for(scope[2], found.sid), found.limits)
+    ):
+        return found
+    # Built by the general path's own functions, so the ARGV layout is written in one place.
+    breaker = CircuitBreaker(client)
+    circuit = CircuitId(scope[0], scope[1])
+    ckeys, cargs = breaker.script_call(circuit, "allow", brief=True)
+    decision = limiter.prepare("hit", str(scope[0]), operation, scope[2], cost)
+    found = _Prepared(
+        limiter,
+        breaker,
+        decision.limits,
+        circuit,
+        decision.sid,
+        decision.units,
+        ckeys + decision.keys,
+        tuple(cargs[2:]),
+        tuple(decision.args[4:]),
+    )
+    if len(_PREPARED) >= _PREPARED_SIZE:
+        _PREPARED.clear()
+    _PREPARED[cache_key] = found
+    return found
+
+
+def _same(limits: RateLimits, prepared: RateLimits) -> bool:
+    # Usually the very object (the limiter's cache holds it until the store's overrides
+    # reload); an equal one (overrides reloaded unchanged) keeps the prepared arguments too.
+    return limits is prepared or limits == prepared
+
+
 def admit_call(
     store_id: uuid.UUID,
     circuit_name: str,
@@ -129,13 +192,29 @@ def admit_call(
 ) -> Verdict:
     """``admit`` for the guard's hot path: consumes, decodes only what the guard needs.
 
-    A transition is still written through and announced, a refusal still fully decoded.
+    The same script run as ``admit`` (op "allow", mode "hit", brief), its keys and unchanging
+    arguments prepared once per scope and operation (``_prepared``). A transition is still
+    written through and announced, a refusal still fully decoded.
     Raises SafeguardUnavailable when Redis is unreachable.
     """
-    breaker, limiter = _breaker(), get_rate_limiter()
-    circuit = CircuitId(store_id, circuit_name)
     scope = (store_id, circuit_name, provider)
-    raw, decision = _run_admit(breaker, limiter, circuit, scope, operation, cost, True)
+    p = _prepared(scope, operation, cost)
+    limiter, breaker, circuit = p.limiter, p.breaker, p.circuit
+    lease = uuid.uuid4().hex if p.limits.concurrency > 0 else ""
+    MARKS.mark(breaker.client, circuit)  # as script_call does for "allow"
+    pending = DEFERRED.take(scope)
+    settled = pending.successes if pending else 0
+    released = pending.leases if pending else ()
+    now_ms = int(limiter.clock.now() * 1000)  # as the limiter's own calls round it
+    largs = ["hit", now_ms, p.units, lease, *p.limiter_tail, settled, *released]
+    cargs = ["allow", repr(breaker.clock.now()), *p.circuit_tail]
+    args = ["hit", len(cargs) + 1, *cargs, settled, *largs]
+    try:
+        raw = evalsha(limiter.client, ADMIT, p.keys, args)
+    except BaseException:
+        if pending:
+            DEFERRED.give_back(scope, pending)
+        raise
     craw, rraw = raw[0], raw[1]
     token = craw[2].decode() if isinstance(craw[2], bytes) else str(craw[2])
     if craw[3]:  # a transition (rare): written through and announced, as breaker.finish does
@@ -146,14 +225,16 @@ def admit_call(
         breaker.finish(circuit, raw[2])
     if not craw[0]:
         return Verdict(False, "circuit_breaker", max(0.0, float(craw[1])), state, None, None)
-    if not rraw[0]:
+    if not rraw[0] or rraw[8]:  # refused, or the store's first touch since the usage flush
+        decision = PendingDecision(
+            p.keys[4:], largs, provider, p.sid, operation, p.units, p.limits, lease
+        )
         rate = limiter.finish(decision, rraw)
-        return Verdict(False, "rate_limit", rate.retry_after_s, rate.reason or "", None, None)
-    if rraw[8]:  # the store's first touch since the last usage flush
-        limiter.finish(decision, rraw)
+        if not rraw[0]:
+            return Verdict(False, "rate_limit", rate.retry_after_s, rate.reason or "", None, None)
     if state == CircuitState.CLOSED.value:
         _admitted_at[scope] = time.monotonic()
-    return Verdict(True, None, 0.0, state, token or None, decision.lease or None)
+    return Verdict(True, None, 0.0, state, token or None, lease or None)
 
 
 def recently_admitted(store_id: uuid.UUID, circuit_name: str, provider: Provider) -> bool:
