@@ -6,6 +6,14 @@ the worker and its two pool children is summed (lower is better, goal 8 of issue
 workers start once; each round samples them again. The notes add the per-child RSS and the
 unique set (USS: what a child does not share with its parent).
 ``python -m bench.worker_memory`` prints one measurement of each.
+
+What bounds the ratio (RSS added by each import, one process, after a stock worker's own imports
+on the same Redis broker; psutil, 2026-12-01): SQLAlchemy 19.0 MB (core 11.0, ORM 5.6, the
+PostgreSQL dialect 2.4), psycopg 8.6, pydantic with pydantic-settings 8.6, syncguard's modules
+~11 (prometheus_client with our metrics server 3.8, models 1.8, settings 1.5). A stock worker is
+~57 MB a process, so 1.3x leaves ~17 MB a process: SQLAlchemy and psycopg alone, in all three
+processes, put the floor near 1.48x. Adapters and httpx load on a task's first provider call
+(``tests/test_worker_imports.py``).
 """
 
 from __future__ import annotations
