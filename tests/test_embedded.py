@@ -189,7 +189,9 @@ def test_a_test_session_stops_the_servers_it_started(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k not in URL_VARIABLES}
     env.update(SYNCGUARD_HOME=str(home), SYNCGUARD_ENVIRONMENT="test")
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    # -n 0: one process. Under xdist the controller's unconfigure (which stops the servers)
+    # can run before its workers' (which drop their databases), failing their teardown.
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0"]
     argv += [str(Path(__file__).with_name("test_settings.py"))]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
