@@ -280,20 +280,33 @@ def count_task(task: str, outcome: str, duration_s: float) -> None:
     of a guarded no-op task's worker CPU (py-spy under bench/tasks.py), as much as the guard.
     """
     at = get_settings().redis_prefix
-    fields = [_task_field(at, TASKS_TOTAL, (task, outcome))]
-    slot = bisect.bisect_left(TASK_BUCKETS_S, duration_s)
-    if slot < len(TASK_BUCKETS_S):  # past the last bound only +Inf (the count) holds it
-        fields.append(_task_field(at, TASK_DURATION, (task,), f"b{slot}"))
-    fields.append(_task_field(at, TASK_DURATION, (task,), "count"))
-    total = _task_field(at, TASK_DURATION, (task,), "sum")
+    fields = [_cached_field(at, TASKS_TOTAL, (task, outcome))]
+    _observe(at, TASK_DURATION, (task,), TASK_BUCKETS_S, duration_s, fields)
+
+
+def _observe(
+    at: str,
+    histogram: Family,
+    values: tuple[str, ...],
+    buckets: tuple[float, ...],
+    duration_s: float,
+    fields: list[tuple[str, str]],
+) -> None:
+    """Buffer ``fields`` plus one histogram observation (its bucket, count and sum)."""
+    slot = bisect.bisect_left(buckets, duration_s)
+    if slot < len(buckets):  # past the last bound only +Inf (the count) holds it
+        fields.append(_cached_field(at, histogram, values, f"b{slot}"))
+    fields.append(_cached_field(at, histogram, values, "count"))
+    total = _cached_field(at, histogram, values, "sum")
     COUNTERS.add_fields(fields, sums=((total, duration_s),))
 
 
 @cache
-def _task_field(
+def _cached_field(
     prefix: str, family: Family, values: tuple[str, ...], suffix: str = ""
 ) -> tuple[str, str]:
-    # Encoded once per (prefix, task, outcome or bucket): a few dozen per worker.
+    # Encoded once per (prefix, label values, bucket): a few dozen per process; the prefix is
+    # part of the cache key because the hash's key carries it.
     return family.redis_key(), _field(values, suffix)
 
 
@@ -333,23 +346,9 @@ def count_webhook(
     """
     at = get_settings().redis_prefix
     status_class = f"{status // 100}xx"
-    fields = [_webhook_field(at, WEBHOOK_DELIVERIES, (provider, kind, status_class, outcome))]
-    fields += [_webhook_field(at, WEBHOOK_IGNORED, (provider, kind, str(r))) for r in ignored]
-    slot = bisect.bisect_left(WEBHOOK_BUCKETS_S, duration_s)
-    if slot < len(WEBHOOK_BUCKETS_S):  # past the last bound only +Inf (the count) holds it
-        fields.append(_webhook_field(at, WEBHOOK_DURATION, (provider, kind), f"b{slot}"))
-    fields.append(_webhook_field(at, WEBHOOK_DURATION, (provider, kind), "count"))
-    total = _webhook_field(at, WEBHOOK_DURATION, (provider, kind), "sum")
-    COUNTERS.add_fields(fields, sums=((total, duration_s),))
-
-
-@cache
-def _webhook_field(
-    prefix: str, family: Family, values: tuple[str, ...], suffix: str = ""
-) -> tuple[str, str]:
-    # Encoded once per (prefix, label values), a handful per receiver; the prefix is part of
-    # the cache key because the hash's key carries it.
-    return family.redis_key(), _field(values, suffix)
+    fields = [_cached_field(at, WEBHOOK_DELIVERIES, (provider, kind, status_class, outcome))]
+    fields += [_cached_field(at, WEBHOOK_IGNORED, (provider, kind, str(r))) for r in ignored]
+    _observe(at, WEBHOOK_DURATION, (provider, kind), WEBHOOK_BUCKETS_S, duration_s, fields)
 
 
 def count_value_repairs(table: str, fields: Iterable[str], repair: str) -> None:
